@@ -1,0 +1,1 @@
+"""Subcommands of ``exgra eval``; see :mod:`exgra.cli.eval`."""

@@ -1,0 +1,1 @@
+"""Records, conversation templates, datasets and collators, caption extension, downloads, demo data."""

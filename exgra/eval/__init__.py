@@ -1,0 +1,1 @@
+"""Batched VQA generation, metrics and scorers, zero-shot classification, chatbot judging."""
