@@ -1,0 +1,102 @@
+"""``exgra eval vqa-rad | slake | pathvqa | vqa``: batched answers for a VQA test JSON, then scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+DATASETS = {
+    "vqa-rad": "VQA-RAD",
+    "slake": "SLAKE (English)",
+    "pathvqa": "PathVQA",
+    "vqa": "any VQA test JSON in the REFERENCE §4.4 format",
+}
+
+
+def print_metrics_table(metrics: dict, title: str) -> None:
+    """Numeric metrics (percent) as a rich table; ``None`` (no item of that kind) shows as ``-``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+            continue
+        shown = "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+        table.add_row(key, shown)
+    Console().print(table)
+
+
+def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signature
+    def command(
+        model: Path = typer.Option(..., "--model", help="Directory of a saved exgra model."),
+        data: Path = typer.Option(..., "--data", help="Test JSON (records with id, image, conversations)."),
+        images: Path = typer.Option(..., "--images", help="Folder the records' image paths are relative to."),
+        output: Path = typer.Option(..., "--output", "-o", help="Answers JSONL to write."),
+        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generate call."),
+        max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer in tokens."),
+        template: str | None = typer.Option(
+            None, "--template", help="Conversation template: legacy or chat (default: the model's own)."
+        ),
+        dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        image_ablation: str = typer.Option(
+            "none", "--image-ablation", help="Blind-image control: none, blank (grey image) or noise."
+        ),
+        scorer: str = typer.Option("legacy", "--scorer", help="legacy, llava-med, llava-med-pre35, strict."),
+        candidates: Path | None = typer.Option(None, "--candidates", help="candidate.json (open accuracy)."),
+        no_score: bool = typer.Option(False, "--no-score", help="Only write answers; do not score them."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
+        seed: int = typer.Option(2802, "--seed", help="Seed recorded with the run (the reference's 2802)."),
+        resume: bool = typer.Option(False, "--resume", help="Keep the output; answer missing ids."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    ) -> None:
+        from exgra.config import validate_config
+        from exgra.eval.vqa import VQAEvalConfig, run_vqa_eval
+
+        config = validate_config(
+            VQAEvalConfig,
+            {
+                "model": model,
+                "data": data,
+                "images": images,
+                "output": output,
+                "dataset": dataset,
+                "batch_size": batch_size,
+                "max_new_tokens": max_new_tokens,
+                "template": template,
+                "dtype": dtype,
+                "device": device,
+                "image_ablation": image_ablation,
+                "scorer": scorer,
+                "candidates": candidates,
+                "score": not no_score,
+                "limit": limit,
+                "seed": seed,
+                "resume": resume,
+                "overwrite": overwrite,
+            },
+            "command-line options",
+        )
+        result = run_vqa_eval(config)
+        typer.echo(
+            f"{result.num_questions} answers in {result.answers_path} "
+            f"({result.num_generated} generated, {result.num_resumed} from before) in {result.seconds:.1f} s"
+        )
+        if result.metrics is not None:
+            print_metrics_table(result.metrics, f"{title} ({config.scorer} scorer)")
+            typer.echo(f"metrics: {result.metrics_path}")
+
+    command.__doc__ = (
+        f"Generate answers for {title} with batched greedy decoding; resumable; scores at the end.\n\n"
+        "Shard across GPUs with: accelerate launch -m exgra eval ... (answers are merged in question order)."
+    )
+    return command
+
+
+def register(eval_app: typer.Typer) -> None:
+    for dataset, title in DATASETS.items():
+        eval_app.command(dataset)(_command(dataset, title))

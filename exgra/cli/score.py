@@ -1,0 +1,91 @@
+"""``exgra score``: score an answers JSONL against a VQA test JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+_SCORER_HELP = (
+    "legacy: the ExGra-Med reference numbers; strict: normalised exact match and whole-word closed "
+    "answers; llava-med: LLaVA-Med's yes/no-gated closed accuracy; llava-med-pre35: the same before "
+    "its PR #35 (wrong yes/no answers not counted)."
+)
+
+_ROWS: tuple[tuple[str, str], ...] = (
+    ("exact_match", "exact match"),
+    ("f1", "F1"),
+    ("precision", "precision"),
+    ("recall", 'recall (papers\' "open")'),
+    ("bleu", "BLEU-4"),
+    ("bleu_1", "BLEU-1"),
+    ("bleu_2", "BLEU-2"),
+    ("bleu_3", "BLEU-3"),
+    ("open_accuracy", "open accuracy (candidates)"),
+    ("closed_accuracy", "closed accuracy"),
+)
+
+
+def _print_table(metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    scorer = metrics["scorer"]
+    table = Table(title=f"VQA scores — {scorer['name']} scorer v{scorer['version']}")
+    table.add_column("metric")
+    table.add_column("%", justify="right")
+    for key, label in _ROWS:
+        value = metrics[key]
+        table.add_row(label, "n/a" if value is None else f"{value:.2f}")
+    table.add_row("open questions", str(metrics["num_open"]))
+    table.add_row("closed questions", str(metrics["num_closed"]))
+    Console().print(table)
+
+
+def score(
+    gt: Path = typer.Option(..., "--gt", help="VQA test JSON (list of records with conversations)."),
+    pred: Path = typer.Option(..., "--pred", help="Answers JSONL (question_id, text per line)."),
+    candidates: Path | None = typer.Option(
+        None, "--candidates", help='Candidate open answers {"0": [...]} for open accuracy.'
+    ),
+    scorer: str = typer.Option("legacy", "--scorer", help=_SCORER_HELP),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the metrics JSON here."),
+    per_item: Path | None = typer.Option(None, "--per-item", help="Write per-question results (JSONL) here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Score only the ids present in both files instead of failing."
+    ),
+) -> None:
+    """Score VQA answers: open recall/F1/BLEU/exact match, candidate open accuracy, closed accuracy."""
+    from rich.console import Console
+
+    from exgra.errors import ExgraError
+    from exgra.eval.scoring import SCORERS, score_answers
+
+    if scorer not in SCORERS:
+        raise ExgraError(f"Unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}.")
+    # Refuse before the work, not after it.
+    for path in (output, per_item):
+        if path is not None and path.exists() and not overwrite:
+            raise ExgraError(f"{path} already exists; pass --overwrite to replace it.")
+    report = score_answers(gt, pred, candidates, scorer=scorer, allow_partial=allow_partial)
+    _print_table(report.metrics)
+    console = Console(stderr=True)
+    if report.num_left_out:
+        console.print(
+            f"Scored {report.arguments['num_scored']} questions; left out {report.num_left_out} ids that are "
+            "not in both files.",
+            style="yellow",
+            markup=False,
+        )
+    if output is not None:
+        report.save(output, overwrite=overwrite)
+        console.print(f"Metrics written to {output}", markup=False)
+    if per_item is not None:
+        report.save_items(per_item, overwrite=overwrite)
+        console.print(f"Per-question results written to {per_item}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)

@@ -1,0 +1,399 @@
+"""Extended captions: ask an LLM for a longer answer per question/answer pair (REFERENCE §5).
+
+One request per pair, as the reference does; the reply's JSON ``revision`` becomes the extended answer.
+Every finished record is appended to a journal beside the output (``OUT.json.journal.jsonl``), so a
+killed run resumes with nothing lost or duplicated. The final output is the training file: every input
+record with its ``conversations`` untouched and ``conversations_long`` added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from exgra.errors import DataError, ExgraError
+from exgra.llm import LLMClient, LLMSettings, LLMStats, ReplyError, extract_json_object, resolve_credentials
+from exgra.llm.journal import Journal, write_json_atomic
+from exgra.prompts import load_prompt
+
+CONVERSATION_KEYS = ("conversations", "conversatons")  # the reference's data has the typo
+JOURNAL_KIND = "exgra-extend-captions"
+
+
+@dataclass
+class ExtendCaptionsOptions:
+    """Everything ``exgra extend-captions`` needs; Python users build this and call :func:`extend_captions`."""
+
+    input_path: Path
+    output_path: Path
+    settings: LLMSettings = field(default_factory=LLMSettings)
+    prompt: str = "extend_caption"
+    on_failure: Literal["skip", "keep-original"] = "skip"
+    resume: bool = False
+    overwrite: bool = False
+    limit: int | None = None
+    dry_run: bool = False
+    env_file: Path | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class ExtendCaptionsReport:
+    records: int
+    extended: int = 0
+    failed: int = 0
+    resumed: int = 0
+    without_conversations: int = 0
+    written: int = 0
+    failed_ids: list[str] = field(default_factory=list)
+    stats: LLMStats = field(default_factory=LLMStats)
+    seconds: float = 0.0
+    output_path: Path | None = None
+    journal_path: Path | None = None
+
+
+@dataclass
+class DryRunEstimate:
+    records: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def journal_path_for(output_path: str | Path) -> Path:
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.name + ".journal.jsonl")
+
+
+def load_caption_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read a LLaVA-Med-style JSON list of records."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError(f"{path} must hold a JSON list of records (objects)")
+    return records
+
+
+def conversation_turns(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    for key in CONVERSATION_KEYS:
+        turns = record.get(key)
+        if isinstance(turns, list) and turns:
+            return turns
+    return None
+
+
+def qa_pairs(turns: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """(answer turn index, question, answer) for each pair: even turns ask, odd turns answer (reference)."""
+    return [
+        (index, str(turns[index - 1].get("value", "")), str(turns[index].get("value", "")))
+        for index in range(1, len(turns), 2)
+    ]
+
+
+def build_messages(system_prompt: str, question: str, answer: str) -> list[dict[str, str]]:
+    """The reference's message: the prompt as system, ``{"instruction", "answer"}`` as JSON user text."""
+    user = json.dumps({"instruction": question, "answer": answer}, ensure_ascii=False)
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+def parse_revision(text: str) -> str:
+    """The extended answer in a reply; raises :class:`ReplyError` when there is none to take."""
+    obj = extract_json_object(text)
+    if obj is None:
+        raise ReplyError("reply is not a JSON object")
+    revision = obj.get("revision")
+    if not isinstance(revision, str) or not revision.strip():
+        raise ReplyError("reply has no non-empty 'revision' string")
+    return " ".join(revision.split())  # the prompt asks for continuous text without line breaks
+
+
+def record_hash(turns: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(turns, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _approx_tokens(text: str) -> int:
+    # ~4 characters per token for English text with GPT-style tokenizers; an estimate, as labelled.
+    return math.ceil(len(text) / 4)
+
+
+def estimate_requests(
+    records: list[dict[str, Any]], system_prompt: str, skip: set[int] | None = None
+) -> DryRunEstimate:
+    """Requests and approximate tokens a run would use, without sending anything."""
+    skip = skip or set()
+    estimate = DryRunEstimate(0, 0, 0, 0)
+    for index, record in enumerate(records):
+        turns = conversation_turns(record)
+        if turns is None or index in skip:
+            continue
+        estimate.records += 1
+        for _, question, answer in qa_pairs(turns):
+            estimate.requests += 1
+            messages = build_messages(system_prompt, question, answer)
+            estimate.prompt_tokens += sum(_approx_tokens(m["content"]) + 4 for m in messages)
+            # the revision is at most twice the answer, plus a short JSON critique
+            estimate.completion_tokens += 2 * _approx_tokens(answer) + 60
+    return estimate
+
+
+def merge_extended(
+    record: dict[str, Any], extended: dict[int, str] | None, on_failure: str
+) -> dict[str, Any] | None:
+    """The training record: the input untouched plus ``conversations_long`` (None to leave it out)."""
+    turns = conversation_turns(record)
+    if turns is None:
+        return None
+    if extended is None:
+        if on_failure == "skip":
+            return None
+        extended = {}
+    long_turns = copy.deepcopy(turns)
+    for index, text in extended.items():
+        long_turns[int(index)]["value"] = text
+    merged = dict(record)
+    merged["conversations_long"] = long_turns
+    return merged
+
+
+def _input_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_paths(options: ExtendCaptionsOptions, journal: Path) -> None:
+    if options.input_path.resolve() == options.output_path.resolve():
+        raise ExgraError("--output must differ from the input file (the input is never overwritten)")
+    if options.resume or options.dry_run:
+        return
+    if journal.exists() and not options.overwrite:
+        raise ExgraError(
+            f"a journal from an earlier run exists ({journal}): pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    if options.output_path.exists() and not options.overwrite:
+        raise ExgraError(f"{options.output_path} already exists: pass --overwrite to replace it")
+
+
+def _finished_entries(
+    journal: Journal, header: dict[str, Any], records: list[dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """Entries of an earlier run, last one per record, checked against the current input."""
+    old_header, entries = journal.read()
+    if old_header is None:
+        return {}
+    if old_header.get("kind") != JOURNAL_KIND:
+        raise DataError(f"{journal.path} is not an extend-captions journal")
+    if old_header.get("input_sha256") != header["input_sha256"]:
+        raise DataError(
+            f"journal {journal.path} was written for a different input file; "
+            "use another --output or --overwrite to start over"
+        )
+    finished: dict[int, dict[str, Any]] = {}
+    for entry in entries:
+        index = entry.get("index")
+        if not isinstance(index, int) or not 0 <= index < len(records):
+            raise DataError(f"journal {journal.path} names record index {index!r}, not in the input")
+        finished[index] = entry
+    return finished
+
+
+async def _run(
+    options: ExtendCaptionsOptions,
+    records: list[dict[str, Any]],
+    pending: list[int],
+    system_prompt: str,
+    journal: Journal,
+    report: ExtendCaptionsReport,
+    console: Console,
+) -> dict[int, dict[str, Any]]:
+    credentials = resolve_credentials(options.settings.base_url, options.env_file)
+    entries: dict[int, dict[str, Any]] = {}
+    progress = Progress(
+        TextColumn("[bold]extend-captions"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not options.show_progress,
+        transient=False,
+    )
+    task = progress.add_task("records", total=len(pending), detail="")
+    stats = report.stats
+
+    def refresh(advance: int = 0) -> None:
+        detail = (
+            f"requests ok {stats.succeeded} failed {stats.failed} retries {stats.retries + stats.reasks} "
+            f"tokens {stats.total_tokens}"
+        )
+        progress.update(task, advance=advance, detail=detail)
+
+    async with LLMClient(options.settings, credentials, stats, on_retry=refresh) as client:
+        # bounds the records in flight (each holds its pairs' requests); requests are bounded inside
+        record_slots = asyncio.Semaphore(max(2 * options.settings.concurrency, 1))
+
+        async def one_record(index: int) -> None:
+            async with record_slots:
+                turns = conversation_turns(records[index])
+                assert turns is not None
+                pairs = qa_pairs(turns)
+                results = await asyncio.gather(
+                    *(
+                        client.complete(build_messages(system_prompt, q, a), parse_revision)
+                        for _, q, a in pairs
+                    )
+                )
+                failed = [r for r in results if not r.ok]
+                entry: dict[str, Any] = {
+                    "index": index,
+                    "id": records[index].get("id"),
+                    "record_hash": record_hash(turns),
+                    "status": "failed" if failed else "ok",
+                    "model": next((r.model for r in results if r.model), options.settings.model),
+                    "response_ids": [rid for r in results for rid in r.response_ids],
+                    "usage": {
+                        "prompt_tokens": sum(r.prompt_tokens for r in results),
+                        "completion_tokens": sum(r.completion_tokens for r in results),
+                    },
+                }
+                if failed:
+                    entry["error"] = failed[0].error
+                else:
+                    entry["extended"] = {str(turn): r.value for (turn, _, _), r in zip(pairs, results)}
+                journal.append(entry)
+                entries[index] = entry
+                refresh(advance=1)
+
+        with progress:
+            await asyncio.gather(*(one_record(index) for index in pending))
+    return entries
+
+
+def extend_captions(options: ExtendCaptionsOptions, console: Console | None = None) -> ExtendCaptionsReport:
+    """Extend every answer of ``options.input_path`` and write the training file to ``output_path``."""
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    options.input_path = Path(options.input_path)
+    options.output_path = Path(options.output_path)
+    journal_path = journal_path_for(options.output_path)
+    _check_paths(options, journal_path)
+    system_prompt = load_prompt(options.prompt)
+    records = load_caption_records(options.input_path)
+    if options.limit is not None:
+        if options.limit < 1:
+            raise ExgraError(f"--limit must be at least 1, got {options.limit}")
+        records = records[: options.limit]
+    header = {
+        "kind": JOURNAL_KIND,
+        "version": 1,
+        "input": str(options.input_path),
+        "input_sha256": _input_digest(options.input_path),
+        "prompt_sha256": hashlib.sha256(system_prompt.encode()).hexdigest()[:16],
+        "model": options.settings.model,
+    }
+    journal = Journal(journal_path)
+    finished = _finished_entries(journal, header, records) if options.resume else {}
+    for index, entry in finished.items():
+        turns = conversation_turns(records[index])
+        if turns is None or entry.get("record_hash") != record_hash(turns):
+            raise DataError(f"journal {journal_path} does not match record {index} of the input")
+
+    report = ExtendCaptionsReport(records=len(records), journal_path=journal_path)
+    usable = [i for i, r in enumerate(records) if conversation_turns(r) is not None]
+    report.without_conversations = len(records) - len(usable)
+    done = {i for i, e in finished.items() if e.get("status") == "ok"}
+    report.resumed = len(done)
+    pending = [i for i in usable if i not in done]  # failed records of an earlier run are tried again
+
+    if options.dry_run:
+        estimate = estimate_requests(records, system_prompt, skip=done)
+        report.stats.requests = estimate.requests
+        report.stats.prompt_tokens = estimate.prompt_tokens
+        report.stats.completion_tokens = estimate.completion_tokens
+        report.seconds = time.monotonic() - started
+        return report
+
+    journal.open(header, resume=options.resume)
+    try:
+        new_entries = asyncio.run(
+            _run(options, records, pending, system_prompt, journal, report, console) if pending else _noop()
+        )
+    finally:
+        journal.close()
+    finished.update(new_entries)
+
+    output: list[dict[str, Any]] = []
+    for index in usable:
+        entry = finished.get(index)
+        ok = entry is not None and entry.get("status") == "ok"
+        if ok:
+            report.extended += 1
+        else:
+            report.failed += 1
+            report.failed_ids.append(str(records[index].get("id", f"#{index}")))
+        merged = merge_extended(
+            records[index], {int(k): v for k, v in entry["extended"].items()} if ok else None, options.on_failure
+        )
+        if merged is not None:
+            output.append(merged)
+    write_json_atomic(options.output_path, output)
+    report.written = len(output)
+    report.output_path = options.output_path
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _noop() -> dict[int, dict[str, Any]]:
+    return {}
+
+
+def print_report(report: ExtendCaptionsReport, dry_run: bool = False, console: Console | None = None) -> None:
+    """A short table of what a run did (or, for a dry run, would do)."""
+    from rich.table import Table
+
+    console = console or Console()
+    stats = report.stats
+    table = Table(title="extend-captions (dry run: nothing sent)" if dry_run else "extend-captions")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("records in input", str(report.records))
+    if report.without_conversations:
+        table.add_row("records without conversations (left out)", str(report.without_conversations))
+    if report.resumed:
+        table.add_row("records already done (journal)", str(report.resumed))
+    if dry_run:
+        table.add_row("requests to send", str(stats.requests))
+        table.add_row("estimated prompt tokens", f"~{stats.prompt_tokens}")
+        table.add_row("estimated completion tokens", f"~{stats.completion_tokens}")
+    else:
+        table.add_row("records extended", str(report.extended))
+        table.add_row("records failed", str(report.failed))
+        table.add_row("records written", str(report.written))
+        table.add_row("requests sent", str(stats.requests))
+        table.add_row("retries / re-asks", f"{stats.retries} / {stats.reasks}")
+        table.add_row("tokens (prompt + completion)", f"{stats.prompt_tokens} + {stats.completion_tokens}")
+        table.add_row("seconds", f"{report.seconds:.1f}")
+    console.print(table)
+    if report.failed_ids:
+        shown = ", ".join(report.failed_ids[:10]) + (" ..." if len(report.failed_ids) > 10 else "")
+        console.print(f"failed records: {shown} (rerun with --resume to retry them)", markup=False)
+    if report.output_path is not None:
+        console.print(f"wrote {report.output_path}", markup=False)

@@ -1,0 +1,166 @@
+"""Conversation templates: how conversations become training text and questions become prompts.
+
+``legacy`` reproduces the reference's training template (LLaVA v0 ``conv_v1_2``) and its ``simple``
+evaluation prompt (REFERENCE §4.2, §7.1) so released LLaVA-Med / ExGra-Med checkpoints answer as they
+were trained. ``chat`` is the Vicuna-v1 style template of LLaVA-1.5 for new models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from exgra.errors import ConfigError
+
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "ConversationTemplate",
+    "get_template",
+    "image_token_string",
+    "list_templates",
+]
+
+IMAGE_PLACEHOLDER = "<image>"
+IMAGE_PATCH_TOKEN = "<im_patch>"
+IMAGE_START_TOKEN = "<im_start>"
+IMAGE_END_TOKEN = "<im_end>"
+
+SYSTEM_MESSAGE = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions."
+)
+CHAT_SYSTEM_MESSAGE = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions."
+)
+
+_HUMAN_ROLES = {"human", "user"}
+_ASSISTANT_ROLES = {"gpt", "assistant", "model"}
+
+
+def image_token_string(num_tokens: int, use_start_end: bool = True) -> str:
+    """`<im_start>` + `num_tokens` x `<im_patch>` + `<im_end>`; only the patches if not `use_start_end`."""
+    if num_tokens <= 0:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+    patches = IMAGE_PATCH_TOKEN * num_tokens
+    return f"{IMAGE_START_TOKEN}{patches}{IMAGE_END_TOKEN}" if use_start_end else patches
+
+
+def _turn(turn: Any) -> tuple[str, str]:
+    """(role, text) of a conversation turn: a ``{"from", "value"}`` mapping or an object with those fields."""
+    if isinstance(turn, Mapping):
+        role, value = turn.get("from", turn.get("role")), turn.get("value", turn.get("content"))
+    else:
+        role = getattr(turn, "from_", None) or getattr(turn, "role", None)
+        value = getattr(turn, "value", None)
+    if not isinstance(role, str) or not isinstance(value, str):
+        raise ValueError(f"a conversation turn needs 'from' and 'value' strings, got {turn!r}")
+    role = role.lower()
+    if role in _HUMAN_ROLES:
+        return "human", value
+    if role in _ASSISTANT_ROLES:
+        return "assistant", value
+    raise ValueError(f"unknown conversation role {role!r}; use 'human' or 'gpt'")
+
+
+def _insert_image(text: str, image_tokens: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, image_tokens)
+
+
+@dataclass(frozen=True)
+class ConversationTemplate:
+    """A conversation format. All methods work on strings; tokenisation is the caller's job.
+
+    ``training_segments`` returns the text pieces in order with a flag saying whether the piece is
+    an LM target, so a collator can tokenise each piece and mask the others with -100.
+    """
+
+    name: str
+    system: str
+    human_role: str
+    assistant_role: str
+    stop_strings: tuple[str, ...]
+
+    def training_segments(
+        self, conversations: Sequence[Any], image_tokens: str = ""
+    ) -> list[tuple[str, bool]]:
+        """Text segments of a full training conversation; ``True`` marks assistant (target) text.
+
+        ``<image>`` in a turn is replaced by ``image_tokens``. Human turns are masked completely (the
+        reference's v0 off-by-one, which left two human tokens as targets, is not reproduced).
+        """
+        turns = [_turn(turn) for turn in conversations]
+        if not turns:
+            raise ValueError("a conversation needs at least one turn")
+        if self.name == "legacy":
+            segments = [(self.system + "\n\n", False)]
+            for role, value in turns:
+                value = _insert_image(value, image_tokens)
+                if role == "human":
+                    segments.append((f"### {self.human_role}: {value}\n", False))
+                else:
+                    segments.append((f"### {self.assistant_role}: {value}\n", True))
+            # The trailing "### " is a target: it teaches the model to emit the stop string.
+            segments.append(("### ", True))
+            return segments
+        segments = [(self.system + " ", False)]
+        for role, value in turns:
+            value = _insert_image(value, image_tokens)
+            if role == "human":
+                segments.append((f"{self.human_role}: {value} {self.assistant_role}:", False))
+            else:
+                segments.append((f" {value}</s>", True))
+        return segments
+
+    def training_text(self, conversations: Sequence[Any], image_tokens: str = "") -> str:
+        """The full training string (the concatenated segments)."""
+        return "".join(text for text, _ in self.training_segments(conversations, image_tokens))
+
+    def prompt(self, question: str, image_tokens: str = "") -> str:
+        """Generation prompt for one question about one image.
+
+        ``<image>`` is removed from ``question`` and ``image_tokens`` appended after a newline, as the
+        reference's evaluation does. The legacy prompt ends with ``###``; the model continues with
+        ``Assistant: ...`` and stops at the next ``###``.
+        """
+        text = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        if image_tokens:
+            text = f"{text}\n{image_tokens}"
+        if self.name == "legacy":
+            return (
+                f"{self.system}###{self.human_role}: Hi!###{self.assistant_role}: Hi there!  "
+                f"How can I help you today?\n###{self.human_role}: {text}###"
+            )
+        return f"{self.system} {self.human_role}: {text} {self.assistant_role}:"
+
+    def clean_answer(self, text: str) -> str:
+        """Generated continuation -> answer: cut at the first stop string, drop a leading role prefix."""
+        for stop in self.stop_strings:
+            index = text.find(stop)
+            if index >= 0:
+                text = text[:index]
+        text = text.strip()
+        prefix = f"{self.assistant_role}:"
+        if text.startswith(prefix):
+            text = text[len(prefix) :].strip()
+        return text
+
+
+_TEMPLATES = {
+    "legacy": ConversationTemplate("legacy", SYSTEM_MESSAGE, "Human", "Assistant", ("###",)),
+    "chat": ConversationTemplate("chat", CHAT_SYSTEM_MESSAGE, "USER", "ASSISTANT", ("</s>", "USER:")),
+}
+
+
+def list_templates() -> list[str]:
+    """Names accepted by :func:`get_template`."""
+    return sorted(_TEMPLATES)
+
+
+def get_template(name: str) -> ConversationTemplate:
+    """The conversation template called ``name`` (``legacy`` or ``chat``)."""
+    if name not in _TEMPLATES:
+        choices = ", ".join(list_templates())
+        raise ConfigError(f"unknown conversation template '{name}'; choose one of: {choices}")
+    return _TEMPLATES[name]

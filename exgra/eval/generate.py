@@ -1,0 +1,247 @@
+"""The one generation path: prompts + images -> answers, batched, with left padding and stop strings.
+
+Everything that makes a model talk (``exgra eval vqa-*``, legacy zero-shot, ``exgra ask``, in-training
+validation) goes through :class:`AnswerGenerator`, so a prompt, a stop rule or a padding detail is
+decided in one place:
+
+* prompts come from the model's conversation template (:func:`exgra.data.templates.get_template`) with
+  the model's image tokens (``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``);
+* batches are padded on the **left** with an attention mask, so every row's last prompt token sits at
+  the same position and generation continues from it; position ids follow the mask;
+* greedy decoding by default (``do_sample=False``), the template's stop strings end a row, and the
+  decoded continuation is cut at the first stop string;
+* ``text`` is the cleaned answer (:meth:`ConversationTemplate.clean_answer`, e.g. the legacy
+  ``Assistant:`` prefix removed); ``raw_text`` keeps what the reference would have written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from exgra.errors import ExgraError
+
+__all__ = [
+    "AnswerGenerator",
+    "GeneratedAnswer",
+    "GenerationSettings",
+    "ask_model",
+    "load_inference_model",
+    "question_text",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ExgraError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ExgraError(f"device {device!r} was requested but no CUDA GPU is visible")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> float32 on CPU (half precision is slow and lossy there), bfloat16 on a GPU."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ExgraError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_inference_model(
+    model_dir: str | Path, device: str | torch.device = "auto", dtype: str = "auto"
+) -> Any:
+    """Load a saved exgra model directory for inference (eval mode, on ``device`` in ``dtype``).
+
+    Returns the :class:`exgra.models.ModelBundle`; its tokenizer pads on the left.
+    """
+    from exgra.models import load_model
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ExgraError(
+            f"model directory not found: {path} (save one with ModelBundle.save or exgra convert)"
+        )
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    dtype_name = next(name for name, value in _DTYPES.items() if value == torch_dtype)
+    bundle = load_model(path, dtype=dtype_name)
+    bundle.model.to(device=torch_device)
+    bundle.model.eval()
+    bundle.tokenizer.padding_side = "left"
+    return bundle
+
+
+def question_text(human_value: str) -> str:
+    """The question of a human turn: the ``<image>`` placeholder removed and whitespace stripped (§7.1)."""
+    return human_value.replace("<image>", "").strip()
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings; recorded next to every answers file.
+
+    Greedy by default. ``do_sample`` with ``temperature`` (and ``top_p``) reproduces sampling protocols
+    such as the reference zero-shot classifier; ``seed`` is set before each batch.
+    """
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float | None = None
+    seed: int = 2802
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    """One answer: ``text`` (cleaned), ``raw_text`` (decoded, cut at the stop string), token count."""
+
+    text: str
+    raw_text: str
+    num_new_tokens: int
+
+
+class AnswerGenerator:
+    """Batched answer generation for one model and one conversation template.
+
+    ``bundle`` is a :class:`exgra.models.ModelBundle` (model in eval mode); ``template`` overrides the
+    model's own template name (``legacy`` or ``chat``).
+    """
+
+    def __init__(
+        self, bundle: Any, template: str | None = None, settings: GenerationSettings | None = None
+    ) -> None:
+        from exgra.data.templates import get_template, image_token_string
+
+        self.bundle = bundle
+        self.model = bundle.model
+        self.tokenizer = bundle.tokenizer
+        self.template_name = template or bundle.template
+        self.template = get_template(self.template_name)
+        self.settings = settings or GenerationSettings()
+        use_start_end = getattr(getattr(bundle, "config", None), "use_im_start_end", True)
+        self.image_tokens = image_token_string(bundle.num_image_tokens, use_start_end=use_start_end)
+        self.stop_strings = [s for s in self.template.stop_strings if s]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def build_prompt(self, question: str) -> str:
+        """The full prompt string for one question (template + image tokens)."""
+        return self.template.prompt(question_text(question), self.image_tokens)
+
+    def prompt_lengths(self, questions: Sequence[str]) -> list[int]:
+        """Token count of each question's prompt (used to sort a run into length-homogeneous batches)."""
+        prompts = [self.build_prompt(q) for q in questions]
+        return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> ``pixel_values [B, 3, S, S]`` with the model's image processor."""
+        return self.bundle.image_processor(list(images))
+
+    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
+        self.tokenizer.padding_side = "left"
+        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def _cut(self, text: str) -> str:
+        for stop in self.stop_strings:
+            index = text.find(stop)
+            if index >= 0:
+                text = text[:index]
+        return text.strip()
+
+    @torch.inference_mode()
+    def generate(self, questions: Sequence[str], pixel_values: torch.Tensor) -> list[GeneratedAnswer]:
+        """Answer ``questions`` (one image each, ``pixel_values [B, 3, S, S]``) in one batched call."""
+        if len(questions) != pixel_values.shape[0]:
+            raise ValueError(f"{len(questions)} questions but {pixel_values.shape[0]} images")
+        if not questions:
+            return []
+        inputs = self.encode([self.build_prompt(q) for q in questions])
+        input_ids = inputs["input_ids"].to(self.device)
+        attention_mask = inputs["attention_mask"].to(self.device)
+        settings = self.settings
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": settings.do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+            kwargs["temperature"] = settings.temperature
+            if settings.top_p is not None:
+                kwargs["top_p"] = settings.top_p
+        else:
+            # Clear sampling defaults a checkpoint's generation_config may carry (they only warn).
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.stop_strings:
+            kwargs["stop_strings"] = self.stop_strings
+            kwargs["tokenizer"] = self.tokenizer
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values.to(device=self.device, dtype=self.dtype),
+            **kwargs,
+        )
+        new_tokens = output[:, input_ids.shape[1] :].cpu()
+        answers = []
+        for row in new_tokens:
+            count = int((row != self.tokenizer.pad_token_id).sum())
+            decoded = self.tokenizer.decode(row, skip_special_tokens=True)
+            raw = self._cut(decoded)
+            answers.append(GeneratedAnswer(self.template.clean_answer(raw).strip(), raw, count))
+        return answers
+
+    def answer(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[GeneratedAnswer]:
+        """Convenience: preprocess PIL ``images`` and :meth:`generate` (one batch)."""
+        return self.generate(questions, self.preprocess(images))
+
+
+def ask_model(
+    model_dir: str | Path,
+    image_path: str | Path,
+    question: str,
+    max_new_tokens: int = 256,
+    template: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> GeneratedAnswer:
+    """Load a model and answer one question about one image file (greedy); the ``exgra ask`` command."""
+    from exgra.data.records import load_image
+
+    path = Path(image_path)
+    if not path.is_file():
+        raise ExgraError(f"image not found: {path}")
+    if not question.strip():
+        raise ExgraError("the question is empty; pass the question as the last argument")
+    image = load_image(path.parent, path.name)
+    bundle = load_inference_model(model_dir, device=device, dtype=dtype)
+    generator = AnswerGenerator(
+        bundle, template=template, settings=GenerationSettings(max_new_tokens=max_new_tokens)
+    )
+    return generator.answer([question], [image])[0]

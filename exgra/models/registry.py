@@ -1,0 +1,473 @@
+"""Model registry, :class:`ModelBundle`, and building/loading models.
+
+``create_model("tiny")`` builds a random tiny model offline in well under a second;
+``create_model("exgra-med-7b-dci", path=DIR)`` loads a converted checkpoint; ``load_model(DIR)`` loads
+any directory written by :meth:`ModelBundle.save` or ``exgra convert``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlavaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from exgra.config import validate_config
+from exgra.data.templates import ConversationTemplate, get_template, image_token_string
+from exgra.errors import ConfigError, ExgraError
+from exgra.models.config import ModelConfig
+from exgra.models.image_processor import ImageProcessor
+from exgra.models.modeling import ExgraLlavaConfig, ExgraLlavaForConditionalGeneration, VisionProjector
+from exgra.models.tokenizer import IMAGE_PATCH_TOKEN, add_image_tokens, build_tiny_tokenizer
+
+__all__ = [
+    "EXGRA_CONFIG_FILE",
+    "ModelBundle",
+    "ModelSpec",
+    "build_model",
+    "create_model",
+    "get_model_spec",
+    "list_models",
+    "load_model",
+]
+
+EXGRA_CONFIG_FILE = "exgra_model.yaml"
+# Settings that may differ between saving and loading a model; the rest is fixed by the weights.
+RUNTIME_KEYS = frozenset(
+    {
+        "name",
+        "path",
+        "template",
+        "text_pooling",
+        "dtype",
+        "attn_implementation",
+        "padding_side",
+        "model_max_length",
+    }
+)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: a named preset of :class:`ModelConfig` fields."""
+
+    name: str
+    description: str
+    parameters: str
+    offline: bool
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self, **overrides: Any) -> ModelConfig:
+        """The entry's :class:`ModelConfig` with ``overrides`` (nested dicts are merged)."""
+        data = _merge({"name": self.name, **self.defaults}, overrides)
+        return validate_config(ModelConfig, data, f"model '{self.name}'")
+
+
+_TINY_LLM = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+}
+_TINY_VISION = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "projection_dim": 64,
+}
+_SMALL_LLM = {
+    "hidden_size": 512,
+    "intermediate_size": 1408,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+}
+_SMALL_VISION = {
+    "image_size": 64,
+    "patch_size": 8,
+    "hidden_size": 384,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 6,
+    "projection_dim": 384,
+}
+# openai/clip-vit-large-patch14 and the LLaMA-7B of LLaVA-Med v1 (REFERENCE §1.1, §1.2).
+_CLIP_L = {
+    "image_size": 224,
+    "patch_size": 14,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+_LLAMA_7B = {
+    "vocab_size": 32004,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+}
+_SEVEN_B = {
+    "vision_tower": "openai/clip-vit-large-patch14",
+    "vision_config": _CLIP_L,
+    "llm_config": _LLAMA_7B,
+    "projector_type": "mlp2x_gelu",
+    "template": "legacy",
+    "dtype": "bfloat16",
+}
+
+_REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "tiny",
+            "random tiny LLaMA + CLIP for tests and demos (32 px, 16 image tokens)",
+            "≈2.2 M",
+            True,
+            {"llm_config": _TINY_LLM, "vision_config": _TINY_VISION},
+        ),
+        ModelSpec(
+            "tiny-dci",
+            "tiny with the DCI dense connector",
+            "≈2.2 M",
+            True,
+            {"llm_config": _TINY_LLM, "vision_config": _TINY_VISION, "dense_connector": "dci"},
+        ),
+        ModelSpec(
+            "small",
+            "random ≈51 M model for training benchmarks (64 px, 64 image tokens)",
+            "≈51 M",
+            True,
+            {"llm_config": _SMALL_LLM, "vision_config": _SMALL_VISION},
+        ),
+        ModelSpec(
+            "llava-med-7b",
+            "LLaVA-Med v1: LLaMA-7B + CLIP ViT-L/14 + mlp2x_gelu; path=<converted dir> or llm=<weights>",
+            "≈7.1 B",
+            False,
+            dict(_SEVEN_B),
+        ),
+        ModelSpec(
+            "exgra-med-7b-dci",
+            "ExGra-Med DCI: llava-med-7b with the DCI dense connector (MERGE-Group/exgra-med-dci)",
+            "≈7.1 B",
+            False,
+            {**_SEVEN_B, "dense_connector": "dci"},
+        ),
+    )
+}
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def list_models() -> list[ModelSpec]:
+    """All registry entries, in registry order."""
+    return list(_REGISTRY.values())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry ``name``; a :class:`ConfigError` naming the valid entries otherwise."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'; registered models: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+@dataclass
+class ModelBundle:
+    """A model with everything needed to feed it: tokenizer, image processor, template, config."""
+
+    model: ExgraLlavaForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: ImageProcessor
+    template: str
+    num_image_tokens: int
+    config: ModelConfig
+
+    @property
+    def image_tokens(self) -> str:
+        """One image in a prompt: ``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``."""
+        return image_token_string(self.num_image_tokens, self.config.use_im_start_end)
+
+    @property
+    def conversation_template(self) -> ConversationTemplate:
+        return get_template(self.template)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write weights (safetensors), config, tokenizer, image processor and ``exgra_model.yaml``.
+
+        The directory is written under a temporary name and renamed, so a crash never leaves a
+        half-written checkpoint; an existing ``path`` is refused unless ``overwrite``.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ExgraError(f"{path} already exists; choose another directory or pass overwrite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.model.save_pretrained(tmp, safe_serialization=True)
+        if type(self.model.config) is LlavaConfig:
+            # A plain llava checkpoint: name the stock class so any transformers pipeline picks it up.
+            config_path = tmp / "config.json"
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+            data["architectures"] = ["LlavaForConditionalGeneration"]
+            config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        self.tokenizer.save_pretrained(tmp)
+        self.image_processor.save_pretrained(tmp)
+        saved = self.config.model_copy(
+            update={"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
+        )
+        (tmp / EXGRA_CONFIG_FILE).write_text(
+            yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(path)
+        return path
+
+
+def create_model(name: str, *, device: str | None = None, **overrides: Any) -> ModelBundle:
+    """Build the registry entry ``name`` with ``ModelConfig`` field ``overrides``.
+
+    ``device="meta"`` builds the architecture without allocating weights (to inspect 7B entries).
+    """
+    return build_model(get_model_spec(name).config(**overrides), device=device)
+
+
+def _load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    source = config.tokenizer or config.llm
+    if source is None:
+        return build_tiny_tokenizer(model_max_length=config.model_max_length)
+    with hub_errors(source, "tokenizer"):
+        return AutoTokenizer.from_pretrained(source, model_max_length=config.model_max_length)
+
+
+@contextlib.contextmanager
+def hub_errors(source: str, what: str) -> Iterator[None]:
+    """Turn a missing local directory / unreachable hub repo into one clear error."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise ExgraError(f"could not load the {what} from '{source}': {str(exc).splitlines()[0]}") from exc
+
+
+def llava_config_for(
+    config: ModelConfig, text_config: PretrainedConfig, vision_config: PretrainedConfig, image_token_id: int
+) -> LlavaConfig:
+    num_tokens = (vision_config.image_size // vision_config.patch_size) ** 2
+    kwargs: dict[str, Any] = {
+        "vision_config": vision_config,
+        "text_config": text_config,
+        "image_token_index": image_token_id,
+        "image_seq_length": num_tokens,
+        "vision_feature_layer": config.vision_select_layer,
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": True,
+        "tie_word_embeddings": False,
+    }
+    if config.dense_connector == "none" and config.projector_type == "mlp2x_gelu":
+        return LlavaConfig(**kwargs)
+    return ExgraLlavaConfig(
+        **kwargs, dense_connector=config.dense_connector, projector_type=config.projector_type
+    )
+
+
+def _require_clip(config: ModelConfig) -> None:
+    if config.vision_type == "biomedclip":
+        from exgra.models.vision import require_open_clip
+
+        require_open_clip()
+        raise ExgraError(
+            "BiomedCLIP towers are not supported by the transformers LLaVA model yet; use vision_type=clip"
+        )
+
+
+def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
+    """Build (or, with ``config.path``, load) the model that ``config`` describes."""
+    if config.path:
+        runtime = {key: value for key, value in config.model_dump().items() if key in RUNTIME_KEYS}
+        runtime.pop("path")
+        return load_model(config.path, **runtime)
+    _require_clip(config)
+    meta = device == "meta"
+    tokenizer = _load_tokenizer(config)
+    add_image_tokens(tokenizer)
+    dtype = _DTYPES[config.dtype]
+
+    llm = None
+    if config.llm and not meta:
+        with hub_errors(config.llm, "language model"):
+            llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype)
+        if llm.get_input_embeddings().num_embeddings < len(tokenizer):
+            llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        text_config = llm.config
+    elif config.llm and not config.llm_config:
+        with hub_errors(config.llm, "language model config"):
+            text_config = AutoConfig.from_pretrained(config.llm)
+    else:
+        fields = dict(config.llm_config)
+        fields["vocab_size"] = max(int(fields.get("vocab_size", 0)), len(tokenizer))
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        text_config = LlamaConfig(**fields, pad_token_id=tokenizer.pad_token_id, **ids)
+
+    tower = None
+    if config.vision_tower and not meta:
+        with hub_errors(config.vision_tower, "vision tower"):
+            tower = CLIPVisionModel.from_pretrained(config.vision_tower, dtype=dtype)
+        vision_config = tower.config
+    elif config.vision_tower and not config.vision_config:
+        with hub_errors(config.vision_tower, "vision tower config"):
+            vision_config = CLIPVisionConfig.from_pretrained(config.vision_tower)
+    else:
+        vision_config = CLIPVisionConfig(**config.vision_config)
+
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PATCH_TOKEN)
+    llava_config = llava_config_for(config, text_config, vision_config, image_token_id)
+    if meta:
+        with torch.device("meta"):
+            model = ExgraLlavaForConditionalGeneration(llava_config)
+    elif llm is not None:
+        # Build the shell without allocating a second copy of the LLM, then plug the parts in.
+        with torch.device("meta"):
+            model = ExgraLlavaForConditionalGeneration(llava_config)
+        model.model.language_model = llm.model
+        model.lm_head = llm.lm_head
+        model.model.vision_tower = tower if tower is not None else AutoModel.from_config(vision_config)
+        projector = model.model.multi_modal_projector
+        in_features, out_features = projector.linear_1.in_features, projector.linear_1.out_features
+        model.model.multi_modal_projector = VisionProjector(in_features, out_features, config.projector_type)
+    else:
+        model = ExgraLlavaForConditionalGeneration(llava_config)
+        if tower is not None:
+            model.model.vision_tower = tower
+
+    if not meta:
+        model.to(dtype)
+        _set_attention(model, config.attn_implementation)
+    image_processor = (
+        ImageProcessor.from_pretrained(config.vision_tower, image_size=vision_config.image_size)
+        if config.vision_tower and not meta
+        else ImageProcessor.for_size(vision_config.image_size)
+    )
+    return finish_bundle(model, tokenizer, image_processor, config)
+
+
+def _set_attention(model: ExgraLlavaForConditionalGeneration, implementation: str) -> None:
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as exc:
+        raise ExgraError(f"attention implementation '{implementation}' is unavailable: {exc}") from exc
+
+
+def finish_bundle(
+    model: ExgraLlavaForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    image_processor: ImageProcessor,
+    config: ModelConfig,
+) -> ModelBundle:
+    tokenizer.padding_side = config.padding_side
+    tokenizer.model_max_length = config.model_max_length
+    model.text_pooling = config.text_pooling
+    generation = model.generation_config
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    vision = model.config.vision_config
+    num_tokens = (vision.image_size // vision.patch_size) ** 2
+    return ModelBundle(model, tokenizer, image_processor, config.template, num_tokens, config)
+
+
+def _saved_config(path: Path, hf_config: PretrainedConfig) -> ModelConfig:
+    config_file = path / EXGRA_CONFIG_FILE
+    if config_file.is_file():
+        data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        return validate_config(ModelConfig, data, str(config_file))
+    # A llava checkpoint written by other tools: describe it from its transformers config.
+    return ModelConfig(
+        name=path.name,
+        dense_connector=getattr(hf_config, "dense_connector", "none"),
+        projector_type=getattr(hf_config, "projector_type", "mlp2x_gelu"),
+        vision_select_layer=hf_config.vision_feature_layer,
+    )
+
+
+def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
+    """Load a directory written by :meth:`ModelBundle.save` or ``exgra convert``.
+
+    ``overrides`` may change how the model runs (``dtype``, ``attn_implementation``, ``template``,
+    ``text_pooling``, ``padding_side``, ``model_max_length``), not its architecture.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ExgraError(f"model directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise ExgraError(f"{path} has no config.json; it is not a saved model directory")
+    fixed = sorted(set(overrides) - RUNTIME_KEYS)
+    if fixed:
+        allowed = ", ".join(sorted(RUNTIME_KEYS))
+        raise ConfigError(f"cannot change {', '.join(fixed)} of a saved model; only {allowed} may differ")
+    hf_config = AutoConfig.from_pretrained(path)
+    if hf_config.model_type not in ("llava", "exgra_llava"):
+        raise ExgraError(
+            f"{path} holds a '{hf_config.model_type}' model; exgra loads llava and exgra_llava checkpoints "
+            "(convert legacy LLaVA-Med checkpoints with `exgra convert`)"
+        )
+    base = _saved_config(path, hf_config)
+    config = validate_config(
+        ModelConfig, _merge(base.model_dump(), {**overrides, "path": str(path)}), str(path)
+    )
+    model = ExgraLlavaForConditionalGeneration.from_pretrained(
+        path, config=hf_config, dtype=_DTYPES[config.dtype]
+    )
+    _set_attention(model, config.attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = ImageProcessor.from_pretrained(path, image_size=hf_config.vision_config.image_size)
+    return finish_bundle(model, tokenizer, image_processor, config)

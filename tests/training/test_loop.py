@@ -1,0 +1,173 @@
+"""The training loop on the tiny model: what each stage trains, resume, interruption, bad data, CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from exgra.errors import DataError
+from exgra.training import load_train_config, run_training
+from exgra.training.stages import parameter_group
+from tests.training.helpers import data_overrides, make_data
+
+CONFIGS = Path(__file__).resolve().parents[2] / "exgra" / "configs"
+
+
+@pytest.fixture(scope="module")
+def pretrain_data(tmp_path_factory) -> dict[str, str]:
+    return make_data(tmp_path_factory.mktemp("pretrain"), 32, "pretrain")
+
+
+@pytest.fixture(scope="module")
+def vqa_data(tmp_path_factory) -> dict[str, str]:
+    return make_data(tmp_path_factory.mktemp("vqa"), 32, "vqa")
+
+
+def _config(stage: str, data: dict[str, str], *overrides: str):
+    return load_train_config(stage, CONFIGS / f"tiny_{stage}.yaml", [*data_overrides(data), *overrides])
+
+
+def _initial_weights(config) -> dict[str, torch.Tensor]:
+    """The weights a run starts from: the same seed builds the same random tiny model."""
+    from accelerate.utils import set_seed
+
+    from exgra.models import build_model
+
+    set_seed(config.train.seed)
+    return {k: v.clone() for k, v in build_model(config.model).model.state_dict().items()}
+
+
+def _check_trained_and_frozen(final_dir: Path, initial: dict[str, torch.Tensor], trained_groups: set[str]):
+    final = load_file(str(final_dir / "model.safetensors"))
+    changed, unchanged = set(), set()
+    for name, before in initial.items():
+        after = final[name]
+        (unchanged if torch.equal(before, after) else changed).add(name)
+    groups_changed = {parameter_group(n) for n in changed}
+    assert groups_changed == trained_groups
+    for name in unchanged | changed:
+        if parameter_group(name) not in trained_groups:
+            assert name in unchanged, f"frozen parameter {name} changed"
+    trained = [n for n in initial if parameter_group(n) in trained_groups]
+    # nearly every trained tensor moved (a few, e.g. unused embedding rows' norms, may not)
+    assert len(changed) >= 0.8 * len(trained)
+
+
+@pytest.mark.parametrize(
+    ("stage", "trained"),
+    [("stage1", {"projector"}), ("finetune", {"projector", "llm"})],
+)
+def test_stage_trains_the_right_parameters(stage, trained, tmp_path, pretrain_data, vqa_data):
+    data = vqa_data if stage == "finetune" else pretrain_data
+    config = _config(stage, data, "train.eval_every=null")
+    result = run_training(config, output_dir=tmp_path / "run", show_progress=False)
+    assert result.step == 20 and not result.interrupted
+    _check_trained_and_frozen(result.final_dir, _initial_weights(config), trained)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 21))
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert {"loss", "lm_loss", "align_loss", "lr", "samples_per_second"} <= set(lines[0])
+    summary = json.loads((result.final_dir / "training_metrics.json").read_text())
+    assert summary["step"] == 20
+    assert (result.final_dir / "train_config.yaml").is_file()
+    # save_every=10, keep_last=2: the step-10 and the final step-20 checkpoints remain
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000010", "step-000020"]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, pretrain_data):
+    config = _config("stage1", pretrain_data, "train.max_steps=12", "train.save_every=4", "train.grad_accum=2")
+    straight = run_training(config, output_dir=tmp_path / "a", show_progress=False)
+
+    def stop_at_6(info):
+        info.stop = info.step == 6
+
+    stopped = run_training(config, output_dir=tmp_path / "b", callbacks=[stop_at_6], show_progress=False)
+    assert stopped.interrupted and stopped.step == 6 and stopped.final_dir is None
+    assert stopped.last_checkpoint.name == "step-000006"
+    resumed = run_training(config, output_dir=tmp_path / "b", resume=True, show_progress=False)
+    assert resumed.step == 12 and not resumed.interrupted
+    a = load_file(str(straight.final_dir / "model.safetensors"))
+    b = load_file(str(resumed.final_dir / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tmp_path, pretrain_data):
+    config = _config("stage1", pretrain_data, "train.max_steps=10", "train.save_every=null")
+
+    def press_ctrl_c(info):
+        if info.step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    result = run_training(config, output_dir=tmp_path / "run", callbacks=[press_ctrl_c], show_progress=False)
+    assert result.interrupted and result.step == 3
+    assert (result.last_checkpoint / "model.safetensors").is_file()
+    assert json.loads((result.last_checkpoint / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_unreadable_image_stops_the_run_with_its_record_id(tmp_path, pretrain_data):
+    images = Path(pretrain_data["image_folder"])
+    broken = tmp_path / "images"
+    broken.mkdir()
+    for image in images.iterdir():
+        (broken / image.name).write_bytes(image.read_bytes())
+    (broken / "img_003.png").write_bytes(b"not a png")
+    data = {**pretrain_data, "image_folder": str(broken)}
+    with pytest.raises(DataError, match=r"r3.*img_003\.png"):
+        run_training(_config("stage1", data, "train.max_steps=8"), output_dir=tmp_path / "a", show_progress=False)
+    # with a limit the bad records are skipped, counted and reported, never replaced
+    result = run_training(
+        _config("stage1", data, "train.max_steps=8", "data.max_bad_records=10"),
+        output_dir=tmp_path / "b",
+        show_progress=False,
+    )
+    ids = {bad["id"] for bad in result.bad_records}
+    assert ids and ids <= {"r3", "r11", "r19", "r27"}
+    summary = json.loads((result.final_dir / "training_metrics.json").read_text())
+    assert {bad["id"] for bad in summary["bad_records"]} == ids
+
+
+def test_data_fraction_is_a_seeded_subset():
+    from exgra.data.datasets import select_fraction
+
+    subset = select_fraction(100, 0.1, seed=3)
+    assert len(subset) == 10 and subset == sorted(subset) and subset == select_fraction(100, 0.1, seed=3)
+    assert subset != select_fraction(100, 0.1, seed=4)
+    assert select_fraction(5, 1.0, seed=0) == [0, 1, 2, 3, 4]
+
+
+def test_finetune_keeps_the_best_validation_model(tmp_path, vqa_data):
+    config = _config("finetune", vqa_data, "train.max_steps=10", "train.eval_every=5")
+    result = run_training(config, output_dir=tmp_path / "run", show_progress=False)
+    assert result.best_dir is not None and (result.best_dir / "model.safetensors").is_file()
+    best = json.loads((result.best_dir / "validation_metrics.json").read_text())
+    assert best["step"] in (5, 10) and best["average"] == pytest.approx(result.best_metric)
+    assert 0.0 <= best["average"] <= 100.0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in rows if "val_average" in r]
+    assert [r["step"] for r in evaluated] == [5, 10]
+    assert max(r["val_average"] for r in evaluated) == pytest.approx(result.best_metric)
+    answers = (tmp_path / "run" / "validation" / "step-000005.jsonl").read_text().splitlines()
+    assert len(answers) == 8
+
+
+def test_cli_trains_refuses_a_used_dir_and_resumes(tmp_path, pretrain_data, run_exgra):
+    out = tmp_path / "run"
+    args = ["train", "stage1", "--config", CONFIGS / "tiny_stage1.yaml", "--output-dir", out, "train.max_steps=4",
+            *data_overrides(pretrain_data)]
+    first = run_exgra(*args)
+    assert first.exit_code == 0, first.stderr
+    assert (out / "final" / "config.json").is_file()
+    again = run_exgra(*args)
+    assert again.exit_code == 1 and "--resume" in again.stderr and "not empty" in again.stderr
+    resumed = run_exgra(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    changed = run_exgra(*args[:-2], "train.lr=0.5", *args[-2:], "--resume")
+    assert changed.exit_code == 1 and "train.lr" in changed.stderr
+    wrong = run_exgra("finetune", "--config", CONFIGS / "tiny_stage1.yaml", "--output-dir", tmp_path / "x")
+    assert wrong.exit_code == 1 and "exgra train stage1" in wrong.stderr
