@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     def download_command(
         names: list[str] = typer.Argument(None, help="Registry names or repo ids (see --list)."),
         directory: Path = typer.Option(Path("checkpoints"), "--dir", help="Folder to download into."),
-        revision: str = typer.Option(None, help="Branch, tag or commit to fetch (pin a commit to reproduce)."),
+        revision: str = typer.Option(
+            None, help="Branch, tag or commit to fetch (pin a commit to reproduce)."
+        ),
         list_entries: bool = typer.Option(False, "--list", help="Print the registry and exit."),
     ) -> None:
         """Download released ExGra-Med checkpoints and data (resumable; HF_ENDPOINT, HF_TOKEN honoured)."""

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, help="Seed of the VQA-RAD validation split and of the demo dataset."),
         val_size: int | None = typer.Option(
-            None, "--val-size", help="VQA-RAD only: training questions moved to validation [default: 451]."
+            None, "--val-size", help="VQA-RAD only: training questions moved to validation (default 451)."
         ),
         num_samples: int = typer.Option(400, "--num-samples", help="demo only: number of VQA questions."),
         image_size: int = typer.Option(64, "--image-size", help="demo only: image side in pixels."),

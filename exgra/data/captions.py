@@ -32,7 +32,7 @@ JOURNAL_KIND = "exgra-extend-captions"
 
 @dataclass
 class ExtendCaptionsOptions:
-    """Everything ``exgra extend-captions`` needs; Python users build this and call :func:`extend_captions`."""
+    """Everything ``exgra extend-captions`` needs; Python users build it and call :func:`extend_captions`."""
 
     input_path: Path
     output_path: Path
@@ -277,7 +277,9 @@ async def _run(
                 if failed:
                     entry["error"] = failed[0].error
                 else:
-                    entry["extended"] = {str(turn): r.value for (turn, _, _), r in zip(pairs, results)}
+                    entry["extended"] = {
+                        str(turn): r.value for (turn, _, _), r in zip(pairs, results, strict=True)
+                    }
                 journal.append(entry)
                 entries[index] = entry
                 refresh(advance=1)
@@ -350,7 +352,9 @@ def extend_captions(options: ExtendCaptionsOptions, console: Console | None = No
             report.failed += 1
             report.failed_ids.append(str(records[index].get("id", f"#{index}")))
         merged = merge_extended(
-            records[index], {int(k): v for k, v in entry["extended"].items()} if ok else None, options.on_failure
+            records[index],
+            {int(k): v for k, v in entry["extended"].items()} if ok else None,
+            options.on_failure,
         )
         if merged is not None:
             output.append(merged)

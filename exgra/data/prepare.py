@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
@@ -44,7 +44,6 @@ from exgra.errors import DataError, ExgraError
 
 __all__ = ["DATASETS", "PreparedDataset", "prepare_dataset"]
 
-DatasetName = Literal["vqa-rad", "slake", "pathvqa", "demo"]
 DATASETS: tuple[str, ...] = ("vqa-rad", "slake", "pathvqa", "demo")
 SPLIT_FILES = {
     "train": "train_w_options_new.json",

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from exgra.errors import ExgraError
 
@@ -89,6 +90,31 @@ def load_inference_model(
 def question_text(human_value: str) -> str:
     """The question of a human turn: the ``<image>`` placeholder removed and whitespace stripped (§7.1)."""
     return human_value.replace("<image>", "").strip()
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Stop a row once its *generated* text contains a stop string (the prompt is not looked at).
+
+    transformers' ``stop_strings`` also matches across the prompt boundary, so a legacy prompt ending
+    in ``###`` followed by a generated ``#`` would stop at once; the reference checks only the
+    continuation, as this does. Only the last ``window`` tokens are decoded at each step.
+    """
+
+    def __init__(
+        self, tokenizer: Any, stop_strings: Sequence[str], prompt_length: int, window: int = 16
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = list(stop_strings)
+        self.prompt_length = prompt_length
+        self.window = window
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :]
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(stop in text for stop in self.stop_strings) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -200,8 +226,9 @@ class AnswerGenerator:
             # Clear sampling defaults a checkpoint's generation_config may carry (they only warn).
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if self.stop_strings:
-            kwargs["stop_strings"] = self.stop_strings
-            kwargs["tokenizer"] = self.tokenizer
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [_StopOnStrings(self.tokenizer, self.stop_strings, input_ids.shape[1])]
+            )
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

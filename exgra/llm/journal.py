@@ -10,6 +10,7 @@ O(1) per item.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -79,10 +80,9 @@ class Journal:
             self._pending.clear()
             fd = self._fd
             if fd is not None:
-                try:
+                # closed concurrently: close() does the final fsync itself
+                with contextlib.suppress(OSError):
                     os.fsync(fd)
-                except OSError:
-                    pass  # closed concurrently; close() does the final fsync itself
             if self._closing:
                 return
 

@@ -278,7 +278,14 @@ def create_model(name: str, *, device: str | None = None, **overrides: Any) -> M
 
     ``device="meta"`` builds the architecture without allocating weights (to inspect 7B entries).
     """
-    return build_model(get_model_spec(name).config(**overrides), device=device)
+    spec = get_model_spec(name)
+    config = spec.config(**overrides)
+    if not spec.offline and not (config.path or config.llm) and device != "meta":
+        raise ConfigError(
+            f"model '{name}' needs pretrained weights: pass path=<checkpoint dir> (see `exgra convert`) "
+            "or llm=<LLaMA weights dir or hub name>"
+        )
+    return build_model(config, device=device)
 
 
 def _load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:

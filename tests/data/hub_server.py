@@ -87,7 +87,12 @@ class StandInHub:
                         self._json({"id": repo_id, "sha": repo["sha"], "siblings": siblings})
                     else:
                         tree = [
-                            {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                            {
+                                "type": "file",
+                                "path": name,
+                                "size": len(data),
+                                "oid": hashlib.sha1(data).hexdigest(),
+                            }
                             for name, data in repo["files"].items()
                         ]
                         self._json(tree)

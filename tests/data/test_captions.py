@@ -168,7 +168,9 @@ def test_resume_after_torn_journal_line(workdir, run_exgra):
     source = write_input(workdir, 8)
     out = workdir / "train.json"
     with MockOpenAIServer() as server:
-        assert run_exgra("extend-captions", source, "-o", out, *fast_args(server), "--limit", "5").exit_code == 0
+        assert (
+            run_exgra("extend-captions", source, "-o", out, *fast_args(server), "--limit", "5").exit_code == 0
+        )
         # simulate a crash: drop the output, keep 3 finished entries and a half-written fourth line
         journal = journal_path_for(out)
         lines = journal.read_text().splitlines(keepends=True)

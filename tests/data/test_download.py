@@ -69,7 +69,12 @@ def test_download_checkpoint_and_dataset(hub, tmp_path, run_exgra):
 def test_vision_tower_skips_pickle_weights(hub, tmp_path):
     hub.add_repo(
         "openai/clip-vit-large-patch14",
-        {"config.json": b"{}", "model.safetensors": b"st", "pytorch_model.bin": b"pickle", "flax_model.msgpack": b"f"},
+        {
+            "config.json": b"{}",
+            "model.safetensors": b"st",
+            "pytorch_model.bin": b"pickle",
+            "flax_model.msgpack": b"f",
+        },
     )
     path = download("clip-vit-large-patch14", tmp_path)
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == [

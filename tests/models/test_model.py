@@ -79,8 +79,9 @@ def test_7b_entries_build_on_meta(name, connector, projector_in):
     assert bundle.config.vision_tower == "openai/clip-vit-large-patch14"
 
 
-def test_7b_entry_without_weights_fails_clearly(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_7b_entry_without_weights_fails_clearly():
+    with pytest.raises(ConfigError, match="needs pretrained weights"):
+        create_model("exgra-med-7b-dci")
     with pytest.raises(ExgraError, match="could not load"):
         create_model("llava-med-7b", vision_tower="/nonexistent/clip", llm="/nonexistent/llama")
 

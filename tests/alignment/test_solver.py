@@ -1,0 +1,126 @@
+"""Solver: exact optimum on small instances, feasibility, batching, determinism, input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exgra.alignment import matching_objective, solve_matching
+from tests.alignment.instances import brute_force, reference_like_problem
+
+
+def _is_partial_injective(matching: torch.Tensor) -> bool:
+    binary = bool(((matching == 0) | (matching == 1)).all())
+    return binary and bool((matching.sum(-1) <= 1).all()) and bool((matching.sum(-2) <= 1).all())
+
+
+def test_exact_optimum_on_small_reference_like_instances() -> None:
+    optimal = 0
+    total = 120
+    for seed in range(total):
+        unary, quadratic, left, right = reference_like_problem(3 + seed % 5, seed, noise=0.5 + seed % 3 * 0.5)
+        matching = solve_matching(unary, quadratic, left, right)
+        assert _is_partial_injective(matching)
+        value = float(matching_objective(matching, unary, quadratic, left, right))
+        best = brute_force(unary, quadratic, left, right)
+        assert value >= best - 1e-4, "the objective cannot beat the brute-force optimum"
+        optimal += value <= best + 1e-4
+    assert optimal / total >= 0.9
+
+
+def test_partial_matching_leaves_costly_nodes_unmatched() -> None:
+    unary = torch.tensor([[-1.0, 2.0, 2.0], [2.0, 2.0, 2.0], [2.0, 2.0, -0.5]])
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    matching = solve_matching(unary, torch.zeros(0, 0), empty, empty)
+    assert torch.equal(matching, torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 0, 1]]))
+
+
+def test_quadratic_terms_override_weak_unary_preferences() -> None:
+    # Unary costs slightly prefer the crossed matching, the edge term rewards the straight one.
+    unary = torch.tensor([[-0.10, -0.12], [-0.12, -0.10]])
+    edges = torch.tensor([[0], [1]])
+    quadratic = torch.tensor([[-1.0]])
+    matching = solve_matching(unary, quadratic, edges, edges)
+    assert torch.equal(matching, torch.eye(2))
+
+
+@pytest.mark.parametrize("nodes", [16, 48])
+def test_identity_recovered_on_noisy_copies(nodes: int) -> None:
+    unary, quadratic, left, right = reference_like_problem(nodes, seed=3, dim=64, noise=0.3)
+    matching = solve_matching(unary, quadratic, left, right)
+    assert _is_partial_injective(matching)
+    assert float(matching.diagonal().mean()) >= 0.95
+
+
+def test_batch_equals_single_solves_and_is_deterministic() -> None:
+    problems = [reference_like_problem(12, seed) for seed in range(4)]
+    stacked = [torch.stack(parts) for parts in zip(*problems, strict=True)]
+    batch = solve_matching(*stacked)
+    assert batch.shape == (4, 12, 12)
+    for index, problem in enumerate(problems):
+        single = solve_matching(*problem)
+        assert torch.equal(batch[index], single)
+    assert torch.equal(solve_matching(*stacked), batch)
+
+
+def test_padding_duplicates_and_self_loops_keep_the_objective_exact() -> None:
+    unary, quadratic, left, right = reference_like_problem(6, seed=11)
+    base = solve_matching(unary, quadratic, left, right)
+    base_value = float(matching_objective(base, unary, quadratic, left, right))
+    # Padding edges (-1) must change nothing.
+    pad = torch.full((2, 3), -1)
+    padded_left, padded_right = torch.cat([left, pad], 1), torch.cat([right, pad], 1)
+    padded_q = torch.zeros(left.shape[1] + 3, right.shape[1] + 3)
+    padded_q[: left.shape[1], : right.shape[1]] = quadratic
+    padded_q[left.shape[1] :, :] = 5.0  # costs on padding edges are ignored
+    padded = solve_matching(unary, padded_q, padded_left, padded_right)
+    assert float(matching_objective(padded, unary, padded_q, padded_left, padded_right)) == pytest.approx(base_value)
+    # A duplicated right edge splits its cost in two; a loop-to-loop term acts as a unary cost.
+    dup_right = torch.cat([right, right[:, :1], torch.tensor([[0], [0]])], 1)
+    dup_left = torch.cat([left, torch.tensor([[1], [1]])], 1)
+    dup_q = torch.zeros(left.shape[1] + 1, right.shape[1] + 2)
+    dup_q[: left.shape[1], : right.shape[1]] = quadratic
+    dup_q[: left.shape[1], 0] = quadratic[:, 0] / 2
+    dup_q[: left.shape[1], right.shape[1]] = quadratic[:, 0] / 2
+    dup_q[left.shape[1], right.shape[1] + 1] = -3.0  # rewards matching node 1 to node 0
+    matching = solve_matching(unary, dup_q, dup_left, dup_right)
+    assert _is_partial_injective(matching)
+    assert float(matching[1, 0]) == 1.0
+    value = float(matching_objective(matching, unary, dup_q, dup_left, dup_right))
+    shifted = unary.clone()
+    shifted[1, 0] -= 3.0
+    assert value == pytest.approx(brute_force(shifted, quadratic, left, right), abs=1e-4)
+
+
+def test_matching_objective_counts_mapped_edges() -> None:
+    unary = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    edges = torch.tensor([[0], [1]])
+    quadratic = torch.tensor([[-5.0]])
+    assert float(matching_objective(torch.eye(2), unary, quadratic, edges, edges)) == pytest.approx(-2.0)
+    swapped = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert float(matching_objective(swapped, unary, quadratic, edges, edges)) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"unary_costs": torch.zeros(3, 3, dtype=torch.long)}, TypeError, "floating-point"),
+        ({"unary_costs": torch.zeros(3)}, ValueError, "n1, n2"),
+        ({"edges_left": torch.zeros(2, 4)}, TypeError, "long"),
+        ({"edges_left": torch.zeros(3, 4, dtype=torch.long)}, ValueError, "shape"),
+        ({"edges_left": torch.full((2, 4), 7)}, ValueError, "outside"),
+        ({"quadratic_costs": torch.zeros(4, 5)}, ValueError, "edges_right"),
+        ({"unary_costs": torch.full((3, 3), float("nan"))}, ValueError, "finite"),
+    ],
+)
+def test_clear_errors_for_wrong_inputs(kwargs: dict, error: type[Exception], message: str) -> None:
+    edges = torch.tensor([[0, 1, 2, 0], [1, 2, 0, 2]])
+    arguments = {
+        "unary_costs": torch.zeros(3, 3),
+        "quadratic_costs": torch.zeros(4, 4),
+        "edges_left": edges,
+        "edges_right": edges,
+    }
+    arguments.update(kwargs)
+    with pytest.raises(error, match=message):
+        solve_matching(**arguments)
