@@ -293,7 +293,7 @@ def solve_matching(
     problems, n1, n2 = unary.shape
     if n1 == 0 or n2 == 0:
         return unary_costs.new_zeros(unary_costs.shape)
-    scale = float(problem.unary.abs().amax()) + float(problem.quadratic_flat.abs().amax()) if problems else 0.0
+    scale = float(problem.unary.abs().amax()) + float(problem.quadratic_flat.abs().sum(1).amax())
     tolerance = 1e-6 * max(scale, 1.0)
     empty = torch.full((problems, 1, n1), n2, dtype=torch.long, device=unary.device)
     # Linearisation of the quadratic part at the uniform fractional matching x = 1/n2.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -35,6 +36,8 @@ def run_stage(
     result = run_training(train_config, resume=resume, overwrite=overwrite)
     if result.interrupted:
         raise typer.Exit(130)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     typer.echo(f"final model: {result.final_dir}")
     if result.best_dir is not None:
         typer.echo(

@@ -80,8 +80,10 @@ def _weight_files(source: Path) -> list[Path]:
     return files
 
 
-def _read_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    for path in files:
+def _read_tensors(files: list[Path], progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    from rich.progress import track
+
+    for path in track(files, description="reading weight shards", disable=not progress, transient=True):
         if not path.is_file():
             raise ExgraError(f"weight shard {path.name} listed in the index is missing from {path.parent}")
         if path.suffix == ".safetensors":
@@ -124,12 +126,14 @@ def convert_legacy_checkpoint(
     overwrite: bool = False,
     dtype: Literal["float32", "bfloat16", "float16"] | None = None,
     dense_connector: Literal["dci", "sci"] = "dci",
+    progress: bool = True,
 ) -> ConversionResult:
     """Convert the legacy checkpoint directory ``source`` into an exgra checkpoint at ``destination``.
 
     ``vision_tower`` (a local CLIP directory or hub name) replaces the checkpoint's
     ``mm_vision_tower``. ``dtype`` defaults to the checkpoint's own. ``dense_connector`` resolves the
-    ambiguity of a 3 x wide projector input (released checkpoints use DCI).
+    ambiguity of a 3 x wide projector input (released checkpoints use DCI). ``progress`` shows a
+    progress bar over the weight shards.
     """
     source, destination = Path(source), Path(destination)
     if not source.is_dir():
@@ -177,7 +181,7 @@ def convert_legacy_checkpoint(
 
     state: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
-    for name, tensor in _read_tensors(_weight_files(source)):
+    for name, tensor in _read_tensors(_weight_files(source), progress):
         target = legacy_weight_name(name)
         if target is None:
             ignored.append(name)

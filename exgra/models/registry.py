@@ -8,6 +8,8 @@ any directory written by :meth:`ModelBundle.save` or ``exgra convert``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import json
 import os
 import shutil
@@ -363,7 +365,9 @@ def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
         fields = dict(config.llm_config)
         fields["vocab_size"] = max(int(fields.get("vocab_size", 0)), len(tokenizer))
         ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-        text_config = LlamaConfig(**fields, pad_token_id=tokenizer.pad_token_id, **ids)
+        text_config = _sub_config(
+            LlamaConfig, "llm_config", {**fields, "pad_token_id": tokenizer.pad_token_id, **ids}
+        )
 
     tower = None
     if config.vision_tower and not meta:
@@ -374,7 +378,7 @@ def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
         with hub_errors(config.vision_tower, "vision tower config"):
             vision_config = CLIPVisionConfig.from_pretrained(config.vision_tower)
     else:
-        vision_config = CLIPVisionConfig(**config.vision_config)
+        vision_config = _sub_config(CLIPVisionConfig, "vision_config", config.vision_config)
 
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PATCH_TOKEN)
     llava_config = llava_config_for(config, text_config, vision_config, image_token_id)
@@ -405,6 +409,27 @@ def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
         else ImageProcessor.for_size(vision_config.image_size)
     )
     return finish_bundle(model, tokenizer, image_processor, config)
+
+
+def _sub_config(
+    config_class: type[PretrainedConfig], key: str, fields: Mapping[str, Any]
+) -> PretrainedConfig:
+    known = {item.name for item in dataclasses.fields(config_class)} | {"rope_theta"}
+    for name in fields:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key model.{key}.{name} for {config_class.__name__}{hint}")
+    try:
+        built = config_class(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid model.{key} for {config_class.__name__}: {exc}") from exc
+    image_size, patch_size = getattr(built, "image_size", None), getattr(built, "patch_size", None)
+    if image_size is not None and patch_size and image_size % patch_size:
+        raise ConfigError(
+            f"model.{key}: image_size {image_size} is not a multiple of patch_size {patch_size}"
+        )
+    return built
 
 
 def _set_attention(model: ExgraLlavaForConditionalGeneration, implementation: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -260,6 +261,8 @@ def run_training(
             log_with=tracker_name(config.log.report_to),
             project_dir=str(out / "logs"),
             step_scheduler_with_optimizer=False,
+            # Launched as several processes on a machine without GPUs: accelerate's gloo CPU mode.
+            cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train_cfg.find_unused_parameters)],
         )
     except (ValueError, RuntimeError) as exc:
@@ -433,6 +436,9 @@ def run_training(
                 batch_sampler=batches[state.batch_in_epoch :],
                 collate_fn=collator,
                 num_workers=data_cfg.num_workers,
+                # Its own generator: creating an iterator must not draw from the global RNG, or a
+                # resumed run (a new iterator mid-epoch) would see different dropout / Gumbel noise.
+                generator=torch.Generator().manual_seed(train_cfg.seed + state.epoch),
             )
             iterator = iter(loader)
             while state.step < total_steps and state.batch_in_epoch < len(batches):

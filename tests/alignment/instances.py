@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import functools
 
 import numpy as np
 import torch
@@ -54,18 +54,38 @@ def _objective_numpy(sigma: np.ndarray, unary: np.ndarray, quad: np.ndarray, el:
     return value + float(quad[rows[hit], b[hit]].sum())
 
 
+@functools.cache
+def _all_partial_matchings(n1: int, n2: int) -> np.ndarray:
+    """Every partial injective matching as rows of column indices, ``n2`` meaning unmatched."""
+    found: list[tuple[int, ...]] = []
+
+    def extend(prefix: tuple[int, ...], used: frozenset[int]) -> None:
+        if len(prefix) == n1:
+            found.append(prefix)
+            return
+        extend(prefix + (n2,), used)
+        for col in range(n2):
+            if col not in used:
+                extend(prefix + (col,), used | {col})
+
+    extend((), frozenset())
+    return np.array(found, dtype=np.int64)
+
+
 def brute_force(unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: torch.Tensor) -> float:
-    """Exact minimum over all partial injective matchings (n <= 7)."""
+    """Exact minimum over all partial injective matchings (n <= 7), vectorised over matchings."""
     u, q, a, b = unary.double().numpy(), quad.double().numpy(), el.numpy(), er.numpy()
     n1, n2 = u.shape
-    best = 0.0
-    options = list(range(-1, n2))
-    for sigma in itertools.product(options, repeat=n1):
-        used = [c for c in sigma if c >= 0]
-        if len(used) != len(set(used)):
-            continue
-        best = min(best, _objective_numpy(np.array(sigma), u, q, a, b))
-    return best
+    sigma = _all_partial_matchings(n1, n2)
+    unary_ext = np.concatenate([u, np.zeros((n1, 1))], axis=1)
+    # Dense lookup R[a, k, l] = Σ_b Q[a, b] over right edges b = (k, l); the dummy index n2 gives 0.
+    lookup = np.zeros((q.shape[0], n2 + 1, n2 + 1))
+    for index in range(b.shape[1]):
+        lookup[:, b[0, index], b[1, index]] += q[:, index]
+    values = unary_ext[np.arange(n1), sigma].sum(1)
+    if a.shape[1]:
+        values += lookup[np.arange(a.shape[1]), sigma[:, a[0]], sigma[:, a[1]]].sum(1)
+    return float(values.min())
 
 
 def multi_restart_local_search(

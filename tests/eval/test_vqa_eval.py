@@ -51,7 +51,9 @@ def test_answers_schema_order_run_info_and_metrics(setup, tmp_path: Path) -> Non
     lines = read_jsonl(output, allow_torn_tail=False)
     assert [line["question_id"] for line in lines] == _test_ids(setup[1])
     assert all(set(line) == KEYS for line in lines)
-    assert all(line["prompt"].endswith("\n<image>") and "<image>" not in line["prompt"][:-8] for line in lines)
+    assert all(
+        line["prompt"].endswith("\n<image>") and "<image>" not in line["prompt"][:-8] for line in lines
+    )
     assert result.num_generated == len(lines) and result.num_resumed == 0
     assert not list(output.parent.glob("*.part-*"))
     info = json.loads((tmp_path / "out" / "answers.run.json").read_text())
@@ -173,7 +175,16 @@ def test_cli_errors_are_one_clear_line(setup, tmp_path: Path, run_exgra, problem
     elif problem == "data":
         data = tmp_path / "absent.json"
     result = run_exgra(
-        "eval", "vqa-rad", "--model", model, "--data", data, "--images", images, "--output", tmp_path / "a.jsonl"
+        "eval",
+        "vqa-rad",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--images",
+        images,
+        "--output",
+        tmp_path / "a.jsonl",
     )
     assert result.exit_code == 1
     assert message in result.stderr and "Traceback" not in result.stderr

@@ -45,6 +45,10 @@ def test_registry_lists_all_entries():
         get_model_spec("tinyy")
     with pytest.raises(ConfigError, match="dense_connector"):
         create_model("tiny", dense_connector="sti")
+    with pytest.raises(ConfigError, match="did you mean 'hidden_size'"):
+        create_model("tiny", llm_config={"hidden_sise": 8})
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        create_model("tiny", vision_config={"image_size": 30})
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-dci", "small"])
@@ -292,3 +296,36 @@ def test_fresh_build_loads_llm_and_vision_weights(tmp_path):
         torch.testing.assert_close(model.model.vision_tower.state_dict()[name], tensor)
     inputs, pixel_values = batch(bundle, QUESTIONS[:1])
     assert torch.isfinite(model(**inputs, pixel_values=pixel_values).logits).all()
+
+
+@pytest.mark.parametrize(("connector", "projector"), [("sci", "mlp2x_gelu"), ("none", "linear")])
+def test_other_variants_round_trip_through_auto_classes(tmp_path, connector, projector):
+    torch.manual_seed(5)
+    bundle = create_model("tiny", dense_connector=connector, projector_type=projector)
+    model = bundle.model.eval()
+    assert type(model.config).__name__ == "ExgraLlavaConfig"
+    projector_module = model.model.multi_modal_projector
+    assert projector_module.linear_1.in_features == 64 * (3 if connector == "sci" else 1)
+    assert hasattr(projector_module, "linear_2") == (projector == "mlp2x_gelu")
+    _, pixel_values = batch(bundle, QUESTIONS)
+    with torch.no_grad():
+        states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        features = model.model.select_vision_features(pixel_values)
+    if connector == "sci":  # 4 layers: states at 4 // 3 - 1 = 0 and 8 // 3 - 1 = 1
+        torch.testing.assert_close(features, torch.cat([states[3], states[0], states[1]], dim=-1)[:, 1:])
+    path = bundle.save(tmp_path / "ckpt")
+    auto = AutoModelForImageTextToText.from_pretrained(path).eval()
+    inputs, _ = batch(bundle, QUESTIONS)
+    with torch.no_grad():
+        expected = model(**inputs, pixel_values=pixel_values).logits
+        torch.testing.assert_close(auto(**inputs, pixel_values=pixel_values).logits, expected, rtol=0, atol=0)
+
+
+def test_biomedclip_needs_its_extra():
+    try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        with pytest.raises(ExgraError, match=r"exgra\[biomedclip\]"):
+            create_model("tiny", vision_type="biomedclip")
+    else:
+        pytest.skip("open_clip is installed here")

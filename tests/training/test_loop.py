@@ -171,3 +171,59 @@ def test_cli_trains_refuses_a_used_dir_and_resumes(tmp_path, pretrain_data, run_
     assert changed.exit_code == 1 and "train.lr" in changed.stderr
     wrong = run_exgra("finetune", "--config", CONFIGS / "tiny_stage1.yaml", "--output-dir", tmp_path / "x")
     assert wrong.exit_code == 1 and "exgra train stage1" in wrong.stderr
+
+
+def test_stage2_trains_llm_projector_and_gnn_with_alignment(tmp_path, pretrain_data):
+    from accelerate.utils import set_seed
+
+    from exgra.alignment import AlignmentConfig, MultiGraphAlignment
+    from exgra.models import build_model
+
+    config = _config("stage2", pretrain_data)
+    result = run_training(config, output_dir=tmp_path / "run", show_progress=False)
+    assert result.step == 20
+    set_seed(config.train.seed)
+    bundle = build_model(config.model)
+    initial = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    gnn = MultiGraphAlignment(AlignmentConfig(), bundle.model.config.text_config.hidden_size).state_dict()
+    _check_trained_and_frozen(result.final_dir, initial, {"projector", "llm"})
+    trained_gnn = load_file(str(result.final_dir / "alignment.safetensors"))
+    assert set(trained_gnn) == set(gnn) and any(not torch.equal(gnn[k], trained_gnn[k]) for k in gnn)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["align_loss"] > 0 for r in rows)
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["lm_loss"] + config.alignment.alpha * row["align_loss"], rel=1e-5)
+
+
+def test_stage2_resume_matches_uninterrupted_run(tmp_path, pretrain_data):
+    config = _config("stage2", pretrain_data, "train.max_steps=4", "train.save_every=2")
+    straight = run_training(config, output_dir=tmp_path / "a", show_progress=False)
+
+    def stop_at_2(info):
+        info.stop = info.step == 2
+
+    run_training(config, output_dir=tmp_path / "b", callbacks=[stop_at_2], show_progress=False)
+    resumed = run_training(config, output_dir=tmp_path / "b", resume=True, show_progress=False)
+    for name in ("model.safetensors", "alignment.safetensors"):
+        a = load_file(str(straight.final_dir / name))
+        b = load_file(str(resumed.final_dir / name))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "masked_mean"])
+def test_packed_text_passes_compute_the_same_features(pooling):
+    from exgra.models import create_model
+    from exgra.training.steps import _packed_text_features, pooled_text_features
+
+    torch.manual_seed(0)
+    model = create_model("tiny").model.eval()
+    pad = 0
+    response = torch.tensor([[1, 5, 6, 7], [1, 8, 0, 0]])
+    caption = torch.tensor([[1, 9, 10, 11, 12, 13], [1, 14, 15, 0, 0, 0]])
+    masks = [(response != pad).long(), (caption != pad).long()]
+    with torch.no_grad():
+        separate = [pooled_text_features(model, ids, m, pooling, "llm_output") for ids, m in zip([response, caption], masks)]
+        packed = _packed_text_features(model, list(zip([response, caption], masks)), pooling, "llm_output", pad)
+    for a, b in zip(separate, packed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,52 @@
+"""Stage 2 with the alignment loss in two CPU processes (gloo), graph scope local and global."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.training.helpers import data_overrides, make_data
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_two_process_stage2_with_alignment(tmp_path, scope):
+    data = make_data(tmp_path / "data", 32, "pretrain")
+    out = tmp_path / "run"
+    command = [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "exgra", "train", "stage2", "--config", str(ROOT / "exgra/configs/tiny_stage2.yaml"),
+        "--output-dir", str(out), "train.max_steps=3", "train.save_every=2", f"alignment.graph_scope={scope}",
+        *data_overrides(data),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout
+    assert done.stdout.count("final model:") == 1  # printed by the main process only
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["align_loss"] > 0 for r in rows)
+    # 2 processes x 8 per device x 3 steps
+    assert json.loads((out / "final" / "training_metrics.json").read_text())["samples_seen"] == 48
+    checkpoint = out / "checkpoints" / "step-000003"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (out / "final" / "model.safetensors").is_file()
+    assert sys.executable  # the launcher runs the same interpreter's accelerate
