@@ -33,7 +33,14 @@ def run_stage(
     from exgra.training import load_train_config, run_training
 
     train_config = load_train_config(stage, config, overrides or [], output_dir=output_dir)
-    result = run_training(train_config, resume=resume, overwrite=overwrite)
+    import torch
+
+    from exgra.training.loop import describe_error
+
+    try:
+        result = run_training(train_config, resume=resume, overwrite=overwrite)
+    except torch.OutOfMemoryError as exc:
+        raise describe_error(exc) from exc
     if result.interrupted:
         raise typer.Exit(130)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -41,7 +48,8 @@ def run_stage(
     typer.echo(f"final model: {result.final_dir}")
     if result.best_dir is not None:
         typer.echo(
-            f"best model (validation {train_config.train.metric_for_best}={result.best_metric:.2f}): {result.best_dir}"
+            f"best model (validation {train_config.train.metric_for_best}={result.best_metric:.2f}): "
+            f"{result.best_dir}"
         )
 
 

@@ -98,7 +98,9 @@ class TrainingCollator:
         batch: dict[str, Any] = {"bad_records": bad, "ids": [i["id"] for i in good]}
         if not good:
             return batch
-        batch["input_ids"], batch["attention_mask"] = pad_sequences([i["input_ids"] for i in good], self.pad_token_id)
+        batch["input_ids"], batch["attention_mask"] = pad_sequences(
+            [i["input_ids"] for i in good], self.pad_token_id
+        )
         batch["labels"], _ = pad_sequences([i["labels"] for i in good], IGNORE_INDEX)
         batch["pixel_values"] = torch.stack([i["pixel_values"] for i in good])
         for key in ("response", "caption"):

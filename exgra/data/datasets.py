@@ -36,7 +36,10 @@ def select_fraction(count: int, fraction: float, seed: int) -> list[int]:
 
 def _as_dicts(conversations: Sequence[Any]) -> list[dict[str, Any]]:
     """Turns as ``{"from", "value"}`` mappings (records' ``Turn`` objects name the role ``speaker``)."""
-    return [turn.model_dump(by_alias=True) if hasattr(turn, "model_dump") else dict(turn) for turn in conversations]
+    return [
+        turn.model_dump(by_alias=True) if hasattr(turn, "model_dump") else dict(turn)
+        for turn in conversations
+    ]
 
 
 class SupervisedDataset(Dataset):

@@ -189,8 +189,13 @@ class AnswerGenerator:
 
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
+        # Restore the side afterwards: a training loop may share this tokenizer and pad on the right.
+        previous = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
-        batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        try:
+            batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        finally:
+            self.tokenizer.padding_side = previous
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def _cut(self, text: str) -> str:
@@ -266,7 +271,8 @@ def ask_model(
         raise ExgraError(f"image not found: {path}")
     if not question.strip():
         raise ExgraError("the question is empty; pass the question as the last argument")
-    image = load_image(path.parent, path.name)
+    resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
+    image = load_image(resolved.parent, resolved.name)
     bundle = load_inference_model(model_dir, device=device, dtype=dtype)
     generator = AnswerGenerator(
         bundle, template=template, settings=GenerationSettings(max_new_tokens=max_new_tokens)

@@ -249,6 +249,8 @@ class VQAEvalResult:
     metrics: dict[str, Any] | None = None
     metrics_path: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    process_index: int = 0
+    num_processes: int = 1
 
 
 def sidecar_path(output: Path, suffix: str) -> Path:
@@ -258,13 +260,32 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 
 
 def distributed_state() -> tuple[int, int, Callable[[], None], Any]:
-    """(rank, world size, barrier, device) from accelerate when launched with it; one process otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ:
-        from accelerate import PartialState
+    """(rank, world size, barrier, device) from accelerate when launched with it; one process otherwise.
 
-        state = PartialState()
-        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    return 0, 1, lambda: None, None
+    ``accelerate launch`` and ``torchrun`` set ``WORLD_SIZE``; without a GPU the processes talk over
+    gloo (accelerate's MULTI_CPU), so the same command shards on a CPU machine too.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, lambda: None, None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != world:
+        raise ExgraError(
+            f"WORLD_SIZE is {world} but accelerate set up {state.num_processes} process(es); "
+            "launch with `accelerate launch -m exgra ...` or `torchrun ... -m exgra ...`"
+        )
+    return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+
+
+def _end_distributed(world: int, created: bool) -> None:
+    """Tear down a process group this run created (a group left open can abort the interpreter's exit)."""
+    import torch.distributed as dist
+
+    if world > 1 and created and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _check_inputs(config: VQAEvalConfig) -> None:
@@ -378,6 +399,9 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
     started = time.perf_counter()
     _check_inputs(config)
+    import torch.distributed as dist
+
+    group_existed = dist.is_available() and dist.is_initialized()
     rank, world, barrier, state_device = distributed_state()
     shards = AnswerShards(config.output)
     reuse = _prepare_output(config, shards, rank)
@@ -414,7 +438,6 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
         return generator.preprocess(images)
 
     timings = {"generate_s": 0.0}
-    generated = 0
     batches = _batches(mine, config.batch_size)
     with (
         shards.open_part(rank) as handle,
@@ -429,7 +452,7 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
             pending = pool.submit(load_batch, batches[index + 1]) if index + 1 < len(batches) else None
             tick = time.perf_counter()
             answers = generator.generate([questions[_key(r.id)] for r in batch], pixel_values)
-            timings["generate_s"] += time.perf_counter() - tick
+            timings["generate_s"] += time.perf_counter() - tick  # this process's generate calls
             lines = []
             for record, answer in zip(batch, answers, strict=True):
                 metadata: dict[str, Any] = {"template": generator.template_name, "dataset": config.dataset}
@@ -448,7 +471,6 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
                     }
                 )
             append_jsonl(handle, lines)
-            generated += len(lines)
             advance(len(lines))
 
     barrier()
@@ -456,10 +478,12 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
         answers_path=config.output,
         run_info_path=info_path,
         num_questions=len(records),
-        num_generated=generated,
+        num_generated=len(remaining),  # by all processes together
         num_resumed=len(records) - len(remaining),
         seconds=0.0,
         timings=timings,
+        process_index=rank,
+        num_processes=world,
     )
     if rank == 0:
         written = shards.merge([r.id for r in records], include_output=reuse)
@@ -468,6 +492,7 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
         if config.score:
             result.metrics, result.metrics_path = _score(config, info)
     barrier()
+    _end_distributed(world, created=not group_existed)
     result.seconds = time.perf_counter() - started
     return result
 

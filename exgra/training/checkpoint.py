@@ -86,7 +86,10 @@ def load_trainer_state(directory: str | Path) -> TrainerState:
         data = json.loads(path.read_text(encoding="utf-8"))
         return TrainerState(**data)
     except (OSError, ValueError, TypeError) as exc:
-        raise ExgraError(f"checkpoint {directory} has no readable {STATE_FILE} ({exc}); delete it to resume from an earlier one") from exc
+        raise ExgraError(
+            f"checkpoint {directory} has no readable {STATE_FILE} ({exc}); "
+            "delete it to resume from an earlier one"
+        ) from exc
 
 
 def temporary_dir(output_dir: str | Path, step: int) -> Path:

@@ -30,6 +30,7 @@ __all__ = [
     "TrainSection",
     "load_train_config",
     "resolve_model_section",
+    "shipped_recipe",
 ]
 
 
@@ -128,7 +129,10 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _stage_rules(self) -> TrainConfig:
         if self.alignment.enabled and self.train.stage != "stage2":
-            raise ValueError(f"the alignment loss is a stage-2 objective; set alignment.enabled=false for {self.train.stage}")
+            raise ValueError(
+                "the alignment loss is a stage-2 objective; "
+                f"set alignment.enabled=false for {self.train.stage}"
+            )
         if self.train.stage == "stage1" and self.train.lora.enabled:
             raise ValueError("stage 1 trains only the projector; LoRA applies to stage2 and finetune")
         return self
@@ -161,8 +165,24 @@ def resolve_model_section(model: dict[str, Any]) -> dict[str, Any]:
     return spec.config(**{k: v for k, v in model.items() if k != "name"}).model_dump(mode="json")
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_recipe(path: str | Path) -> Path:
+    """``path`` itself when it exists, else the shipped recipe of that name (``stage1`` ->
+    ``exgra/configs/stage1.yaml``), so installed users can run ``--config stage2``."""
+    path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    candidate = RECIPES_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return candidate if candidate.is_file() else path
+
+
 def load_train_config(
-    stage: str, path: str | Path | None = None, overrides: Iterable[str] = (), output_dir: str | Path | None = None
+    stage: str,
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    output_dir: str | Path | None = None,
 ) -> TrainConfig:
     """Stage preset < YAML file < ``key=value`` overrides, with the model's registry preset filled in.
 
@@ -176,6 +196,7 @@ def load_train_config(
     sources = ["defaults"]
     user: dict[str, Any] = {}
     if path is not None:
+        path = shipped_recipe(path)
         user = read_yaml(path)
         sources = [str(path)]
     overrides = list(overrides)

@@ -88,7 +88,9 @@ def _config_digest(config: TrainConfig) -> str:
 
 
 def _comparable(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
-    data = config.model_dump(mode="json") if isinstance(config, TrainConfig) else json.loads(json.dumps(config))
+    data = (
+        config.model_dump(mode="json") if isinstance(config, TrainConfig) else json.loads(json.dumps(config))
+    )
     for dotted in _RESUME_FREE_KEYS:
         cursor = data
         parts = dotted.split(".")
@@ -186,7 +188,9 @@ def _apply_lora(model: Any, config: TrainConfig) -> Any:
     lora = config.train.lora
     # A regex so that only the language model's linear layers get adapters, not the vision tower's.
     targets = rf".*language_model.*\.({'|'.join(lora.target_modules)})"
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
+    )
     return get_peft_model(model, peft_config)
 
 
@@ -263,7 +267,9 @@ def run_training(
             step_scheduler_with_optimizer=False,
             # Launched as several processes on a machine without GPUs: accelerate's gloo CPU mode.
             cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train_cfg.find_unused_parameters)],
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=train_cfg.find_unused_parameters)
+            ],
         )
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"train.precision={train_cfg.precision} is not usable here: {exc}") from exc
@@ -303,7 +309,9 @@ def run_training(
         from exgra.alignment.config import AlignmentConfig
 
         alignment_config = AlignmentConfig(**align_cfg.model_dump(include=set(AlignmentConfig.model_fields)))
-        alignment = MultiGraphAlignment(alignment_config, feature_dim=bundle.model.config.text_config.hidden_size)
+        alignment = MultiGraphAlignment(
+            alignment_config, feature_dim=bundle.model.config.text_config.hidden_size
+        )
     tokenizer = bundle.tokenizer
     module = TrainingModule(
         model,
@@ -338,7 +346,9 @@ def run_training(
     )
     collator = TrainingCollator(tokenizer.pad_token_id)
     process, processes = accelerator.process_index, accelerator.num_processes
-    batches_per_epoch = len(epoch_batches(len(dataset), train_cfg.per_device_batch_size, 0, train_cfg.seed, 0, processes))
+    batches_per_epoch = len(
+        epoch_batches(len(dataset), train_cfg.per_device_batch_size, 0, train_cfg.seed, 0, processes)
+    )
     steps_per_epoch = math.ceil(batches_per_epoch / train_cfg.grad_accum)
     total_steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
 
@@ -420,8 +430,14 @@ def run_training(
     progress = make_progress(enabled=main and show_progress)
     with _InterruptFlag() as interrupt, progress:
         task = progress.add_task(
-            train_cfg.stage, total=total_steps, completed=state.step, loss="-", lm_loss="-", align_loss="-",
-            lr="-", speed="",
+            train_cfg.stage,
+            total=total_steps,
+            completed=state.step,
+            loss="-",
+            lm_loss="-",
+            align_loss="-",
+            lr="-",
+            speed="",
         )
         module.train()
         while state.step < total_steps:
@@ -457,7 +473,9 @@ def run_training(
                             console_print(f"skipped record {bad['id']}: {bad['reason']}")
                     if "input_ids" not in batch:
                         continue
-                    batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                    batch = {
+                        k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in batch.items()
+                    }
                     sync = micro == group - 1
                     context = accelerator.no_sync(module) if not sync and processes > 1 else _nullcontext()
                     with context, accelerator.autocast():
@@ -480,7 +498,9 @@ def run_training(
 
                 lr = scheduler.get_last_lr()[0]
                 if state.step % config.log.log_every == 0 or state.step == total_steps:
-                    averaged = torch.tensor([window[k] / window_steps for k in ("loss", "lm_loss", "align_loss")])
+                    averaged = torch.tensor(
+                        [window[k] / window_steps for k in ("loss", "lm_loss", "align_loss")]
+                    )
                     if processes > 1:
                         averaged = accelerator.reduce(averaged.to(accelerator.device), reduction="mean").cpu()
                     elapsed = time.perf_counter() - window_start
@@ -498,7 +518,9 @@ def run_training(
                     }
                     metrics_log.write(last_metrics)
                     if config.log.report_to != "none":
-                        accelerator.log({k: v for k, v in last_metrics.items() if v is not None}, step=state.step)
+                        accelerator.log(
+                            {k: v for k, v in last_metrics.items() if v is not None}, step=state.step
+                        )
                     progress.update(
                         task,
                         loss=f"{last_metrics['loss']:.4f}",
@@ -511,7 +533,9 @@ def run_training(
                     window_steps, window_samples, window_start = 0, 0, time.perf_counter()
                 progress.update(task, completed=state.step)
 
-                if validator is not None and (state.step % train_cfg.eval_every == 0 or state.step == total_steps):
+                if validator is not None and (
+                    state.step % train_cfg.eval_every == 0 or state.step == total_steps
+                ):
                     module.eval()
                     scores = validator.evaluate(state.step)
                     module.train()
@@ -538,7 +562,11 @@ def run_training(
                     last_saved = save(state.step)
                     interrupted = True
                     break
-                if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < total_steps:
+                if (
+                    train_cfg.save_every
+                    and state.step % train_cfg.save_every == 0
+                    and state.step < total_steps
+                ):
                     last_saved = save(state.step)
             if interrupted:
                 break
@@ -546,10 +574,21 @@ def run_training(
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     if interrupted:
-        console_print(f"stopped at step {state.step}; checkpoint saved to {last_saved}; continue with --resume")
+        console_print(
+            f"stopped at step {state.step}; checkpoint saved to {last_saved}; continue with --resume"
+        )
         accelerator.end_training()
-        return TrainResult(out, state.step, total_steps, True, None, last_saved, last_metrics,
-                           best_metric=state.best_metric, bad_records=tracker_records(tracker))
+        return TrainResult(
+            out,
+            state.step,
+            total_steps,
+            True,
+            None,
+            last_saved,
+            last_metrics,
+            best_metric=state.best_metric,
+            bad_records=tracker_records(tracker),
+        )
 
     if last_saved is None or last_saved.name != checkpoint_dir_name(state.step):
         last_saved = save(state.step)
@@ -559,8 +598,18 @@ def run_training(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     best_dir = out / BEST_DIR if (out / BEST_DIR).is_dir() else None
-    return TrainResult(out, state.step, total_steps, False, final_dir, last_saved, last_metrics, best_dir,
-                       state.best_metric, tracker_records(tracker))
+    return TrainResult(
+        out,
+        state.step,
+        total_steps,
+        False,
+        final_dir,
+        last_saved,
+        last_metrics,
+        best_dir,
+        state.best_metric,
+        tracker_records(tracker),
+    )
 
 
 class _nullcontext:
@@ -612,7 +661,12 @@ def save_model_dir(module: Any, bundle: Any, directory: Path) -> None:
 
 
 def _save_final(
-    module: Any, bundle: Any, final_dir: Path, config: TrainConfig, metrics: dict[str, Any], state: TrainerState
+    module: Any,
+    bundle: Any,
+    final_dir: Path,
+    config: TrainConfig,
+    metrics: dict[str, Any],
+    state: TrainerState,
 ) -> None:
     save_model_dir(module, bundle, final_dir)
     dump_config(config, final_dir / "train_config.yaml")
@@ -631,7 +685,8 @@ def describe_error(exc: Exception) -> ExgraError:
     """Wrap unexpected failures that are user-caused (e.g. out of memory) in one clear message."""
     if isinstance(exc, torch.OutOfMemoryError):
         return ExgraError(
-            "out of memory: lower train.per_device_batch_size (raise train.grad_accum to keep the global batch), "
+            "out of memory: lower train.per_device_batch_size (raise train.grad_accum to keep the "
+            "global batch), "
             "enable train.gradient_checkpointing, or use an FSDP/DeepSpeed accelerate config"
         )
     return ExgraError(str(exc))

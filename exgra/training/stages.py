@@ -65,7 +65,9 @@ def apply_stage(model: nn.Module, stage: str, lora: bool = False) -> dict[str, i
         else:
             frozen += parameter.numel()
     if trainable == 0:
-        raise ConfigError(f"stage '{stage}' found no trainable parameters in the model (groups {sorted(groups)})")
+        raise ConfigError(
+            f"stage '{stage}' found no trainable parameters in the model (groups {sorted(groups)})"
+        )
     return {"trainable": trainable, "frozen": frozen}
 
 

@@ -18,7 +18,9 @@ from torch import nn
 __all__ = ["TrainingModule", "pooled_text_features"]
 
 
-def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, own_length: int | None = None) -> torch.Tensor:
+def _pool(
+    hidden: torch.Tensor, mask: torch.Tensor, pooling: str, own_length: int | None = None
+) -> torch.Tensor:
     """Pool ``hidden`` [B, L, D] to [B, D].
 
     ``"mean"`` averages every position up to ``own_length`` (the reference's mean, padding
@@ -58,9 +60,11 @@ def _packed_text_features(
     if text_source == "embeddings":
         hidden = model.get_input_embeddings()(ids)
     else:
-        hidden = _language_model(model)(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        hidden = _language_model(model)(
+            input_ids=ids, attention_mask=mask, return_dict=True
+        ).last_hidden_state
     features, start = [], 0
-    for batch_ids, batch_mask in batches:
+    for batch_ids, _ in batches:
         rows = slice(start, start + batch_ids.shape[0])
         features.append(_pool(hidden[rows], mask[rows], pooling, own_length=batch_ids.shape[1]))
         start += batch_ids.shape[0]
@@ -123,7 +127,9 @@ class TrainingModule(nn.Module):
                 pooled_text_features(model, ids, mask, self.text_pooling, self.text_source)
                 for ids, mask in text_batches
             )
-        aligned = self.alignment({"image": image.float(), "response": response.float(), "caption": caption.float()})
+        aligned = self.alignment(
+            {"image": image.float(), "response": response.float(), "caption": caption.float()}
+        )
         align_loss = aligned.loss.to(lm_loss.dtype)
         losses["align_loss"] = align_loss
         losses["loss"] = lm_loss + self.alpha * align_loss

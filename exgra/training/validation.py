@@ -62,8 +62,10 @@ class Validator:
             chunk = self.records[start : start + size]
             images = [load_image(self.config.data.image_folder, record.image) for record in chunk]
             answers = generator.answer([vqa_question(r) for r in chunk], images)
-            for record, answer in zip(chunk, answers):
-                items.append((answer.text, vqa_answer(record), record.answer_type, vqa_question(record), record.id))
+            for record, answer in zip(chunk, answers, strict=True):
+                items.append(
+                    (answer.text, vqa_answer(record), record.answer_type, vqa_question(record), record.id)
+                )
         return items
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -84,7 +86,8 @@ class Validator:
             path = self.output_dir / "validation" / f"step-{step:06d}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             lines = [
-                json.dumps({"id": i[4], "prediction": i[0], "answer": i[1], "answer_type": i[2]}) for i in items
+                json.dumps({"id": i[4], "prediction": i[0], "answer": i[1], "answer_type": i[2]})
+                for i in items
             ]
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         if self.accelerator.num_processes > 1:

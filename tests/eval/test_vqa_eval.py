@@ -189,3 +189,23 @@ def test_cli_errors_are_one_clear_line(setup, tmp_path: Path, run_exgra, problem
     assert result.exit_code == 1
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 or message in result.stderr.replace("\n", " ")
+
+
+def test_two_processes_shard_and_merge_in_question_order(setup, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2`` (gloo on the CPU): same answers as one process, one merged file."""
+    model, demo = setup
+    single = tmp_path / "single.jsonl"
+    run_vqa_eval(_config(setup, single, score=False))
+    output = tmp_path / "sharded.jsonl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "exgra", "eval"]
+    command += ["vqa", "--model", str(model), "--data", str(demo.test), "--images", str(demo.image_folder)]
+    command += ["--output", str(output), "--max-new-tokens", "6", "--batch-size", "4", "--no-score"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.count("answers in") == 1  # only the main process reports
+    lines = read_jsonl(output, allow_torn_tail=False)
+    assert [line["question_id"] for line in lines] == _test_ids(demo)
+    assert [line["text"] for line in lines] == [line["text"] for line in read_jsonl(single)]
+    assert json.loads((tmp_path / "sharded.run.json").read_text())["num_processes"] == 2
+    assert not list(tmp_path.glob("sharded.jsonl.part-*"))

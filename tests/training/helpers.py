@@ -21,7 +21,12 @@ QUESTIONS = [
 def _sources() -> tuple[np.ndarray, ...]:
     import skimage.data as data
 
-    images = [data.immunohistochemistry(), data.retina()[300:1100, 300:1100], data.cell(), data.microaneurysms()]
+    images = [
+        data.immunohistochemistry(),
+        data.retina()[300:1100, 300:1100],
+        data.cell(),
+        data.microaneurysms(),
+    ]
     return tuple(np.asarray(Image.fromarray(a).convert("RGB").resize((96, 96))) for a in images)
 
 
@@ -46,13 +51,21 @@ def pretrain_records(count: int, images: list[str], turns: int = 1) -> list[dict
         conversations, long = [], []
         for turn in range(turns):
             human = f"<image>\n{question}" if turn == 0 else f"And detail {turn}?"
-            conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": f"{answer} {index}"}]
+            conversations += [
+                {"from": "human", "value": human},
+                {"from": "gpt", "value": f"{answer} {index}"},
+            ]
             long += [
                 {"from": "human", "value": human},
                 {"from": "gpt", "value": f"The image shows {answer} in sample {index}, described at length."},
             ]
         records.append(
-            {"id": f"r{index}", "image": images[index % len(images)], "conversations": conversations, "conversations_long": long}
+            {
+                "id": f"r{index}",
+                "image": images[index % len(images)],
+                "conversations": conversations,
+                "conversations_long": long,
+            }
         )
     return records
 
@@ -85,7 +98,11 @@ def make_data(root: Path, count: int = 32, kind: str = "pretrain") -> dict[str, 
         return {"train_json": str(root / "train.json"), "image_folder": str(root / "images")}
     (root / "train.json").write_text(json.dumps(vqa_records(count, images)), encoding="utf-8")
     (root / "val.json").write_text(json.dumps(vqa_records(8, images)), encoding="utf-8")
-    return {"train_json": str(root / "train.json"), "val_json": str(root / "val.json"), "image_folder": str(root / "images")}
+    return {
+        "train_json": str(root / "train.json"),
+        "val_json": str(root / "val.json"),
+        "image_folder": str(root / "images"),
+    }
 
 
 def data_overrides(data: dict[str, str]) -> list[str]:

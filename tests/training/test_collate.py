@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exgra.data.collate import IGNORE_INDEX, TrainingCollator, pad_sequences, tokenize_conversation, tokenize_text
+from exgra.data.collate import (
+    IGNORE_INDEX,
+    TrainingCollator,
+    pad_sequences,
+    tokenize_conversation,
+    tokenize_text,
+)
 from exgra.data.templates import get_template, image_token_string
 from exgra.models import build_tiny_tokenizer
 from exgra.models.tokenizer import add_image_tokens
@@ -27,7 +33,7 @@ CONVERSATION = [
 
 
 def _targets(tokenizer, ids, labels):
-    return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
+    return tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
 
 
 def test_full_masking_trains_only_assistant_turns(tokenizer):
@@ -39,10 +45,10 @@ def test_full_masking_trains_only_assistant_turns(tokenizer):
     assert "chest radiograph" in targets and "No fracture" in targets
     assert "What is shown" not in targets and "fracture?" not in targets
     # every target label equals its token
-    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels, strict=True))
     # the image tokens and the system prompt are never targets
     patch = tokenizer.convert_tokens_to_ids("<im_patch>")
-    assert all(label == IGNORE_INDEX for token, label in zip(ids, labels) if token == patch)
+    assert all(label == IGNORE_INDEX for token, label in zip(ids, labels, strict=True) if token == patch)
 
 
 def test_reference_masking_keeps_two_tokens_of_each_human_turn(tokenizer):
@@ -50,7 +56,7 @@ def test_reference_masking_keeps_two_tokens_of_each_human_turn(tokenizer):
     ids_full, labels_full = tokenize_conversation(tokenizer, segments, 512, "full")
     ids_ref, labels_ref = tokenize_conversation(tokenizer, segments, 512, "reference")
     assert ids_full == ids_ref
-    extra = [i for i, (a, b) in enumerate(zip(labels_full, labels_ref)) if a != b]
+    extra = [i for i, (a, b) in enumerate(zip(labels_full, labels_ref, strict=True)) if a != b]
     assert len(extra) == 4  # two human turns x two tokens; the header stays masked
     assert all(labels_ref[i] == ids_ref[i] for i in extra)
     assert labels_ref[1] == IGNORE_INDEX  # first header token

@@ -27,7 +27,14 @@ RECIPES = sorted(CONFIGS.glob("*.yaml"))
 
 def test_recipes_are_shipped():
     names = {p.stem for p in RECIPES}
-    for expected in ("stage1", "stage2", "finetune_vqa_rad", "finetune_slake_dci", "finetune_pathvqa", "stage2_10percent"):
+    for expected in (
+        "stage1",
+        "stage2",
+        "finetune_vqa_rad",
+        "finetune_slake_dci",
+        "finetune_pathvqa",
+        "stage2_10percent",
+    ):
         assert expected in names
 
 
@@ -135,3 +142,11 @@ def test_output_dir_rules(tmp_path):
     with pytest.raises(ConfigError, match="holds other files"):
         prepare_output_dir(tmp_path, config, resume=False, overwrite=True)
     assert (tmp_path / "notes.txt").exists()  # --overwrite never deletes what a run did not write
+
+
+def test_shipped_recipes_load_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_train_config("stage2", "stage2_10percent")
+    assert config.data.fraction == 0.1 and config.model.path == "runs/stage1_10percent/final"
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_train_config("stage2", "no_such_recipe")

@@ -76,11 +76,16 @@ def test_stage_trains_the_right_parameters(stage, trained, tmp_path, pretrain_da
     assert summary["step"] == 20
     assert (result.final_dir / "train_config.yaml").is_file()
     # save_every=10, keep_last=2: the step-10 and the final step-20 checkpoints remain
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000010", "step-000020"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "step-000010",
+        "step-000020",
+    ]
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, pretrain_data):
-    config = _config("stage1", pretrain_data, "train.max_steps=12", "train.save_every=4", "train.grad_accum=2")
+    config = _config(
+        "stage1", pretrain_data, "train.max_steps=12", "train.save_every=4", "train.grad_accum=2"
+    )
     straight = run_training(config, output_dir=tmp_path / "a", show_progress=False)
 
     def stop_at_6(info):
@@ -119,7 +124,9 @@ def test_unreadable_image_stops_the_run_with_its_record_id(tmp_path, pretrain_da
     (broken / "img_003.png").write_bytes(b"not a png")
     data = {**pretrain_data, "image_folder": str(broken)}
     with pytest.raises(DataError, match=r"'r(3|11|19|27)' \(image 'img_003\.png' could not be loaded"):
-        run_training(_config("stage1", data, "train.max_steps=8"), output_dir=tmp_path / "a", show_progress=False)
+        run_training(
+            _config("stage1", data, "train.max_steps=8"), output_dir=tmp_path / "a", show_progress=False
+        )
     # with a limit the bad records are skipped, counted and reported, never replaced
     result = run_training(
         _config("stage1", data, "train.max_steps=8", "data.max_bad_records=10"),
@@ -158,8 +165,16 @@ def test_finetune_keeps_the_best_validation_model(tmp_path, vqa_data):
 
 def test_cli_trains_refuses_a_used_dir_and_resumes(tmp_path, pretrain_data, run_exgra):
     out = tmp_path / "run"
-    args = ["train", "stage1", "--config", CONFIGS / "tiny_stage1.yaml", "--output-dir", out, "train.max_steps=4",
-            *data_overrides(pretrain_data)]
+    args = [
+        "train",
+        "stage1",
+        "--config",
+        CONFIGS / "tiny_stage1.yaml",
+        "--output-dir",
+        out,
+        "train.max_steps=4",
+        *data_overrides(pretrain_data),
+    ]
     first = run_exgra(*args)
     assert first.exit_code == 0, first.stderr
     assert (out / "final" / "config.json").is_file()
@@ -192,7 +207,9 @@ def test_stage2_trains_llm_projector_and_gnn_with_alignment(tmp_path, pretrain_d
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["align_loss"] > 0 for r in rows)
     for row in rows:
-        assert row["loss"] == pytest.approx(row["lm_loss"] + config.alignment.alpha * row["align_loss"], rel=1e-5)
+        assert row["loss"] == pytest.approx(
+            row["lm_loss"] + config.alignment.alpha * row["align_loss"], rel=1e-5
+        )
 
 
 def test_stage2_resume_matches_uninterrupted_run(tmp_path, pretrain_data):
@@ -223,7 +240,27 @@ def test_packed_text_passes_compute_the_same_features(pooling):
     caption = torch.tensor([[1, 9, 10, 11, 12, 13], [1, 14, 15, 0, 0, 0]])
     masks = [(response != pad).long(), (caption != pad).long()]
     with torch.no_grad():
-        separate = [pooled_text_features(model, ids, m, pooling, "llm_output") for ids, m in zip([response, caption], masks)]
-        packed = _packed_text_features(model, list(zip([response, caption], masks)), pooling, "llm_output", pad)
-    for a, b in zip(separate, packed):
+        separate = [
+            pooled_text_features(model, ids, m, pooling, "llm_output")
+            for ids, m in zip([response, caption], masks, strict=True)
+        ]
+        packed = _packed_text_features(
+            model, list(zip([response, caption], masks, strict=True)), pooling, "llm_output", pad
+        )
+    for a, b in zip(separate, packed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_finetune_trains_adapters_and_saves_a_merged_model(tmp_path, vqa_data):
+    pytest.importorskip("peft")
+    config = _config(
+        "finetune", vqa_data, "train.max_steps=4", "train.eval_every=null", "train.lora.enabled=true"
+    )
+    result = run_training(config, output_dir=tmp_path / "run", show_progress=False)
+    final = load_file(str(result.final_dir / "model.safetensors"))
+    assert not any("lora_" in name for name in final)  # adapters merged into plain weights
+    initial = _initial_weights(config)
+    assert set(final) == set(initial)
+    changed = {parameter_group(n) for n in initial if not torch.equal(initial[n], final[n])}
+    assert changed == {"projector", "llm"}  # the merged adapters moved the LLM's linear layers
+    assert torch.equal(initial["lm_head.weight"], final["lm_head.weight"])  # no adapter there

@@ -82,6 +82,8 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             "command-line options",
         )
         result = run_vqa_eval(config)
+        if result.process_index != 0:
+            return  # the main process reports for all
         typer.echo(
             f"{result.num_questions} answers in {result.answers_path} "
             f"({result.num_generated} generated, {result.num_resumed} from before) in {result.seconds:.1f} s"
