@@ -6,6 +6,7 @@ key in the environment runs in offline mode.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from exgra.errors import ConfigError
 
 __all__ = ["MetricsLog", "make_progress", "prepare_tracker_environment", "tracker_name"]
 
@@ -73,7 +76,16 @@ def tracker_name(report_to: str) -> str | None:
 
 
 def prepare_tracker_environment(report_to: str) -> str | None:
-    """Make the tracker non-interactive; returns a note for the user when behaviour changed."""
+    """Check the tracker is installed and make it non-interactive; returns a note for the user when
+    behaviour changed. Raises :class:`ConfigError` when the tracker's package is missing."""
+    if report_to == "none":
+        return None
+    package, extra = {"tensorboard": ("tensorboard", "logging"), "wandb": ("wandb", "")}[report_to]
+    if importlib.util.find_spec(package) is None:
+        how = f"pip install 'exgra[{extra}]'" if extra else f"pip install {package}"
+        raise ConfigError(
+            f"log.report_to={report_to} needs the {package} package: {how}, or set log.report_to=none"
+        )
     if report_to != "wandb":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -9,6 +9,7 @@ every ``eval_every`` steps and keeps the best model.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -137,6 +138,11 @@ def prepare_output_dir(output_dir: Path, config: TrainConfig, resume: bool, over
                 "config, or --overwrite to start a new run there"
             )
         return checkpoint
+    if resume and non_empty and all(entry.name in RUN_ENTRIES for entry in output_dir.iterdir()):
+        # A run that stopped before its first checkpoint: nothing to continue, start it again.
+        for entry in output_dir.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        return None
     if non_empty:
         what = f"a run with checkpoints up to {checkpoint.name}" if checkpoint else "files"
         hint = "pass --resume to continue it or --overwrite" if checkpoint else "pass --overwrite"
@@ -192,10 +198,6 @@ def _apply_lora(model: Any, config: TrainConfig) -> Any:
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
     )
     return get_peft_model(model, peft_config)
-
-
-def _merge_lora(model: Any) -> Any:
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 class _InterruptFlag:
@@ -274,6 +276,8 @@ def run_training(
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"train.precision={train_cfg.precision} is not usable here: {exc}") from exc
     main = accelerator.is_main_process
+    if _sharded(accelerator) and train_cfg.lora.enabled:
+        raise ConfigError("LoRA runs with DDP or one process; use the ddp/single accelerate config for LoRA")
     if accelerator.distributed_type.value == "DEEPSPEED" and train_cfg.grad_accum != 1:
         raise ConfigError(
             "with DeepSpeed set train.grad_accum=1 (DeepSpeed steps the optimizer on every backward); "
@@ -593,8 +597,9 @@ def run_training(
     if last_saved is None or last_saved.name != checkpoint_dir_name(state.step):
         last_saved = save(state.step)
     final_dir = out / FINAL_DIR
+    export = exportable_module(accelerator, module, config)
     if main:
-        _save_final(accelerator.unwrap_model(module), bundle, final_dir, config, last_metrics, state)
+        _save_final(export, bundle, final_dir, config, last_metrics, state)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     best_dir = out / BEST_DIR if (out / BEST_DIR).is_dir() else None
@@ -638,6 +643,45 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _sharded(accelerator: Any) -> bool:
+    return accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+
+def exportable_module(accelerator: Any, module: Any, config: TrainConfig) -> Any:
+    """The training module with complete weights on the main process.
+
+    Under FSDP / DeepSpeed the parameters are sharded: every process joins the gather, and the main
+    process gets a copy built on the meta device and filled with the gathered full weights.
+    """
+    if not _sharded(accelerator):
+        return accelerator.unwrap_model(module)
+    state = accelerator.get_state_dict(module)  # collective: every process must call it
+    if not accelerator.is_main_process:
+        return None
+    return module_from_state_dict(state, config)
+
+
+def module_from_state_dict(state: dict[str, torch.Tensor], config: TrainConfig) -> Any:
+    """A CPU :class:`TrainingModule` (model + alignment) holding the weights of a full state dict."""
+    from exgra.models import build_model
+    from exgra.training.steps import TrainingModule
+
+    model = build_model(config.model, device="meta").model
+    model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    model.load_state_dict(model_state, assign=True)
+    alignment = None
+    align_state = {k.removeprefix("alignment."): v for k, v in state.items() if k.startswith("alignment.")}
+    if align_state:
+        from exgra.alignment import MultiGraphAlignment
+        from exgra.alignment.config import AlignmentConfig
+
+        fields = config.alignment.model_dump(include=set(AlignmentConfig.model_fields))
+        with torch.device("meta"):
+            alignment = MultiGraphAlignment(AlignmentConfig(**fields), model.config.text_config.hidden_size)
+        alignment.load_state_dict(align_state, assign=True)
+    return TrainingModule(model, alignment)
+
+
 def save_model_dir(module: Any, bundle: Any, directory: Path) -> None:
     """Write the trained VLM as an HF-native safetensors checkpoint (LoRA merged) via ``ModelBundle.save``,
     plus the alignment module's weights (for continued stage-2 training) beside it."""
@@ -647,11 +691,19 @@ def save_model_dir(module: Any, bundle: Any, directory: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     original = bundle.model
-    bundle.model = _merge_lora(module.model) if hasattr(module.model, "merge_and_unload") else module.model
+    model = module.model
+    if hasattr(model, "merge_and_unload"):
+        # Merge the adapters into a copy: training (e.g. after a best-model save) continues on the original.
+        model = copy.deepcopy(model).merge_and_unload()
+    bundle.model = model
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is on screen
     try:
         bundle.save(tmp)
     finally:
         bundle.model = original
+        hf_logging.enable_progress_bar()
     if module.alignment is not None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.alignment.state_dict().items()}
         save_file(tensors, str(tmp / "alignment.safetensors"))

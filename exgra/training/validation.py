@@ -98,11 +98,12 @@ class Validator:
         self._module = module
 
     def save_best(self, module: Any, step: int, scores: dict[str, float]) -> None:
-        from exgra.training.loop import save_model_dir
+        from exgra.training.loop import exportable_module, save_model_dir
 
+        export = exportable_module(self.accelerator, module, self.config)
         if self.accelerator.is_main_process:
             best = self.output_dir / "best"
-            save_model_dir(self.accelerator.unwrap_model(module), self.bundle, best)
+            save_model_dir(export, self.bundle, best)
             payload = {"step": step, **scores, "metric_for_best": self.config.train.metric_for_best}
             (best / "validation_metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         self.accelerator.wait_for_everyone()

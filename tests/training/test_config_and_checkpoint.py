@@ -150,3 +150,30 @@ def test_shipped_recipes_load_by_name(tmp_path, monkeypatch):
     assert config.data.fraction == 0.1 and config.model.path == "runs/stage1_10percent/final"
     with pytest.raises(ConfigError, match="config file not found"):
         load_train_config("stage2", "no_such_recipe")
+
+
+def test_trackers_never_prompt(monkeypatch):
+    import importlib.util
+
+    from exgra.training.logging import prepare_tracker_environment
+
+    assert prepare_tracker_environment("none") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs the tensorboard package: pip install 'exgra\[logging\]'"):
+        prepare_tracker_environment("tensorboard")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    note = prepare_tracker_environment("wandb")
+    assert "offline" in note
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_resume_of_a_run_without_checkpoint_starts_again(tmp_path):
+    config = load_train_config("stage1", CONFIGS / "tiny_stage1.yaml")
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "checkpoints").mkdir()
+    assert prepare_output_dir(tmp_path, config, resume=True, overwrite=False) is None
+    assert not any(tmp_path.iterdir())

@@ -264,3 +264,25 @@ def test_lora_finetune_trains_adapters_and_saves_a_merged_model(tmp_path, vqa_da
     changed = {parameter_group(n) for n in initial if not torch.equal(initial[n], final[n])}
     assert changed == {"projector", "llm"}  # the merged adapters moved the LLM's linear layers
     assert torch.equal(initial["lm_head.weight"], final["lm_head.weight"])  # no adapter there
+
+
+def test_export_from_a_gathered_state_dict_matches_the_direct_export(tmp_path):
+    """The FSDP / DeepSpeed export path: full weights -> meta-built model -> HF-native directory."""
+    from exgra.alignment import AlignmentConfig, MultiGraphAlignment
+    from exgra.models import build_model, load_model
+    from exgra.training.loop import module_from_state_dict, save_model_dir
+    from exgra.training.steps import TrainingModule
+
+    config = load_train_config("stage2", CONFIGS / "tiny_stage2.yaml")
+    bundle = build_model(config.model)
+    module = TrainingModule(bundle.model, MultiGraphAlignment(AlignmentConfig(), 256))
+    rebuilt = module_from_state_dict({k: v.clone() for k, v in module.state_dict().items()}, config)
+    save_model_dir(rebuilt, bundle, tmp_path / "gathered")
+    save_model_dir(module, bundle, tmp_path / "direct")
+    a = load_file(str(tmp_path / "gathered" / "model.safetensors"))
+    b = load_file(str(tmp_path / "direct" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    g = load_file(str(tmp_path / "gathered" / "alignment.safetensors"))
+    assert all(torch.equal(g[k], module.alignment.state_dict()[k]) for k in g)
+    reloaded = load_model(tmp_path / "gathered").model
+    assert torch.equal(reloaded.lm_head.weight, bundle.model.lm_head.weight)
