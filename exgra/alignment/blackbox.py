@@ -40,7 +40,9 @@ class BlackboxMatching(torch.autograd.Function):
         gradient_norm: float | None,
     ) -> Tensor:
         matching = solve_matching(unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right)
-        ctx.save_for_backward(unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right, matching)
+        ctx.save_for_backward(
+            unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right, matching
+        )
         ctx.lambda_val = lambda_val
         ctx.gradient_norm = gradient_norm
         return matching
@@ -84,4 +86,6 @@ def blackbox_matching(
         raise ValueError(f"lambda_val must be positive, got {lambda_val}")
     if gradient_norm is not None and gradient_norm <= 0:
         raise ValueError(f"gradient_norm must be positive or None, got {gradient_norm}")
-    return BlackboxMatching.apply(unary_costs, quadratic_costs, edges_left, edges_right, lambda_val, gradient_norm)
+    return BlackboxMatching.apply(
+        unary_costs, quadratic_costs, edges_left, edges_right, lambda_val, gradient_norm
+    )

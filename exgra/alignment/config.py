@@ -18,9 +18,13 @@ class AlignmentConfig(Section):
     gnn_width: int | None = Field(None, ge=1, description="GNN hidden width; None = feature dimension")
     aggregation: Literal["max"] = Field("max", description="GNN neighbour aggregation")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout after the GNN")
-    gumbel_scale: float = Field(0.05, ge=0.0, description="scale of the Gumbel noise on costs (training only)")
+    gumbel_scale: float = Field(
+        0.05, ge=0.0, description="scale of the Gumbel noise on costs (training only)"
+    )
     unary_offset: float = Field(0.5, description="unary cost = offset - similarity - noise")
-    quadratic_offset: float = Field(0.5, description="quadratic cost = -weight * (similarity + noise - offset)")
+    quadratic_offset: float = Field(
+        0.5, description="quadratic cost = -weight * (similarity + noise - offset)"
+    )
     quadratic_weight: float = Field(0.5, ge=0.0, description="weight of the edge (quadratic) costs")
     lambda_val: float = Field(80.0, gt=0.0, description="blackbox-differentiation interpolation strength")
     scale_invariant_gradient: bool = Field(
@@ -30,5 +34,6 @@ class AlignmentConfig(Section):
         "barycenter", description="barycenter: each modality vs the mean (reference); pairwise: every pair"
     )
     graph_scope: Literal["local", "global"] = Field(
-        "local", description="local: graphs over each process's micro-batch (reference); global: gathered batch"
+        "local",
+        description="local: graphs over each process's micro-batch (reference); global: gathered batch",
     )

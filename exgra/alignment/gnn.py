@@ -22,14 +22,16 @@ class GraphConv(nn.Module):
         self.lin_root = nn.Linear(in_features, out_features, bias=False)
 
     def forward(self, features: Tensor, edge_index: Tensor) -> Tensor:
-        """``features [..., nodes, in]``, ``edge_index [..., 2, E]`` (messages row 0 → row 1) -> ``[..., nodes, out]``."""
+        """``features [..., nodes, in]``, ``edge_index [..., 2, E]`` (row 0 → 1) -> ``[..., nodes, out]``."""
         dim = features.shape[-1]
         batch_shape = edge_index.shape[:-2]
         edges = edge_index.shape[-1]
         source = edge_index[..., 0, :, None].expand(*batch_shape, edges, dim)
         target = edge_index[..., 1, :, None].expand(*batch_shape, edges, dim)
         messages = features.gather(-2, source)
-        aggregated = torch.zeros_like(features).scatter_reduce(-2, target, messages, "amax", include_self=False)
+        aggregated = torch.zeros_like(features).scatter_reduce(
+            -2, target, messages, "amax", include_self=False
+        )
         return self.lin_rel(aggregated) + self.lin_root(features)
 
 
@@ -43,7 +45,9 @@ class GraphEncoder(nn.Module):
         self.conv2 = GraphConv(hidden_features, hidden_features)
         self.dropout = dropout
 
-    def forward(self, features: Tensor, edge_index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, features: Tensor, edge_index: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """``[..., nodes, in]``, ``[..., 2, E]`` -> ``[..., nodes, hidden]``.
 
         ``generator`` makes the dropout mask reproducible (used to keep ranks identical in global scope).

@@ -89,7 +89,7 @@ def edge_features(node_features: Tensor, edge_index: Tensor) -> Tensor:
 
 
 def vertex_affinity(left: Tensor, right: Tensor, eps: float = 1e-8) -> Tensor:
-    """Cosine similarity of every left node with every right node: ``[..., n1, D] x [..., n2, D] -> [..., n1, n2]``."""
+    """Cosine similarity of all node pairs: ``[..., n1, D] x [..., n2, D] -> [..., n1, n2]``."""
     _check_features("left", left)
     _check_features("right", right)
     if left.shape[-1] != right.shape[-1]:
@@ -105,7 +105,9 @@ def edge_affinity(left_edges: Tensor, right_edges: Tensor, eps: float = 1e-12) -
         raise ValueError(
             f"left_edges and right_edges differ in width: {left_edges.shape[-1]} vs {right_edges.shape[-1]}"
         )
-    return F.normalize(left_edges, dim=-1, eps=eps) @ F.normalize(right_edges, dim=-1, eps=eps).transpose(-1, -2)
+    return F.normalize(left_edges, dim=-1, eps=eps) @ F.normalize(right_edges, dim=-1, eps=eps).transpose(
+        -1, -2
+    )
 
 
 def gumbel_noise(
@@ -143,7 +145,9 @@ def matching_costs(
         ``(unary [..., n1, n2], quadratic [..., E1, E2])``.
     """
     if vertex_similarity.dim() < 2 or edge_similarity.dim() < 2:
-        raise ValueError("vertex_similarity and edge_similarity must be at least 2-D ([..., n1, n2], [..., E1, E2])")
+        raise ValueError(
+            "vertex_similarity and edge_similarity must be at least 2-D ([..., n1, n2], [..., E1, E2])"
+        )
     unary = unary_offset - vertex_similarity
     if vertex_noise is not None:
         unary = unary - vertex_noise

@@ -21,7 +21,9 @@ def hamming_loss(matching: Tensor, target: Tensor | None = None) -> Tensor:
     if matching.dim() < 2:
         raise ValueError(f"matching must have shape [..., n1, n2], got {list(matching.shape)}")
     if target is None:
-        target = torch.eye(matching.shape[-2], matching.shape[-1], dtype=matching.dtype, device=matching.device)
+        target = torch.eye(
+            matching.shape[-2], matching.shape[-1], dtype=matching.dtype, device=matching.device
+        )
     elif target.shape[-2:] != matching.shape[-2:]:
         raise ValueError(f"target shape {list(target.shape)} does not match matching {list(matching.shape)}")
     # M(1-T) + (1-M)T is |M - T| for 0/1 entries and stays linear in M (what blackbox backward needs).

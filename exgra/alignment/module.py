@@ -110,9 +110,13 @@ class MultiGraphAlignment(nn.Module):
 
     def _check(self, features: Mapping[str, Tensor]) -> tuple[list[str], int]:
         if not isinstance(features, Mapping) or len(features) < 2:
-            raise ValueError("MultiGraphAlignment needs a dict of at least two modalities {name: features [B, D]}")
+            raise ValueError(
+                "MultiGraphAlignment needs a dict of at least two modalities {name: features [B, D]}"
+            )
         if BARYCENTER in features:
-            raise ValueError(f"'{BARYCENTER}' is reserved for the mean of the modalities; rename that modality")
+            raise ValueError(
+                f"'{BARYCENTER}' is reserved for the mean of the modalities; rename that modality"
+            )
         batch = None
         for name, tensor in features.items():
             if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
@@ -124,7 +128,9 @@ class MultiGraphAlignment(nn.Module):
             if batch is None:
                 batch = tensor.shape[0]
             elif tensor.shape[0] != batch:
-                raise ValueError(f"all modalities need the same batch size; '{name}' has {tensor.shape[0]}, not {batch}")
+                raise ValueError(
+                    f"all modalities need the same batch size; '{name}' has {tensor.shape[0]}, not {batch}"
+                )
         if batch is None or batch < 1:
             raise ValueError("features must hold at least one sample")
         return list(features), batch
@@ -158,7 +164,9 @@ class MultiGraphAlignment(nn.Module):
         hidden = self.gnn(torch.cat([sources, targets]), torch.cat([edges, edges]), generator)
         hidden_source, hidden_target = hidden[:count], hidden[count:]
         similarity = vertex_affinity(hidden_source, hidden_target)
-        edge_similarity = edge_affinity(edge_features(hidden_source, edges), edge_features(hidden_target, edges))
+        edge_similarity = edge_affinity(
+            edge_features(hidden_source, edges), edge_features(hidden_target, edges)
+        )
         vertex_noise = edge_noise = None
         if self.training and config.gumbel_scale > 0:
             device = similarity.device
@@ -182,7 +190,9 @@ class MultiGraphAlignment(nn.Module):
         loss = per_pair.mean()
         accuracy = matching_accuracy(matchings.detach())
         diagnostics = {"loss": float(loss.detach()), "accuracy": float(accuracy.mean())}
-        for (source, target), acc, ham in zip(pairs, accuracy.tolist(), per_pair.detach().tolist(), strict=True):
+        for (source, target), acc, ham in zip(
+            pairs, accuracy.tolist(), per_pair.detach().tolist(), strict=True
+        ):
             diagnostics[f"accuracy/{source}->{target}"] = acc
             diagnostics[f"hamming/{source}->{target}"] = ham
         return AlignmentOutput(loss=loss, diagnostics=diagnostics, pairs=pairs, matchings=matchings.detach())

@@ -17,7 +17,7 @@ term ``g = (A + Aᵀ)x`` is computed from the edge incidences only (``E1 × n2``
 * swap the columns of two nodes, or let one node take another's column (the other becomes unmatched)
   (all ``n1²`` pairs at once, with the pairwise edge correction).
 
-Several deterministic starts (empty, greedy on the unary costs, greedy on a linearisation at the
+Several deterministic starts (greedy on the unary costs, greedy on a linearisation at the
 uniform matching, optionally a warm start) run as one batch; the best local optimum wins. No
 randomness, so the output is a deterministic function of the input.
 """
@@ -47,12 +47,14 @@ def _as_batch(
         if tensor.dtype != torch.long:
             raise TypeError(f"{name} must be a long (int64) tensor of node indices, got dtype {tensor.dtype}")
     if unary_costs.dim() not in (2, 3):
-        raise ValueError(f"unary_costs must have shape [n1, n2] or [batch, n1, n2], got {list(unary_costs.shape)}")
+        raise ValueError(
+            f"unary_costs must have shape [n1, n2] or [batch, n1, n2], got {list(unary_costs.shape)}"
+        )
     batched = unary_costs.dim() == 3
     if quadratic_costs.dim() != unary_costs.dim():
         raise ValueError(
-            f"quadratic_costs must have shape {'[batch, E1, E2]' if batched else '[E1, E2]'} like unary_costs, "
-            f"got {list(quadratic_costs.shape)}"
+            f"quadratic_costs must have shape {'[batch, E1, E2]' if batched else '[E1, E2]'} "
+            f"like unary_costs, got {list(quadratic_costs.shape)}"
         )
     if not batched:
         unary_costs, quadratic_costs = unary_costs[None], quadratic_costs[None]
@@ -134,9 +136,13 @@ class _Problem:
         """``Q[a, edge(col_a[a], col_b[a])]`` for every edge ``a``; inputs ``[P, S, E1]`` (broadcastable)."""
         keys = col_a * (self.n2 + 1) + col_b
         starts = keys.shape[1]
-        edge = self.edge_lookup.gather(1, keys.reshape(self.problems, -1)).view(self.problems, starts, self.e1)
+        edge = self.edge_lookup.gather(1, keys.reshape(self.problems, -1)).view(
+            self.problems, starts, self.e1
+        )
         index = edge + self.edge_offset
-        return self.quadratic_flat.gather(1, index.reshape(self.problems, -1)).view(self.problems, starts, self.e1)
+        return self.quadratic_flat.gather(1, index.reshape(self.problems, -1)).view(
+            self.problems, starts, self.e1
+        )
 
     def linear_terms(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For matchings ``sigma [P, S, n1]``: ``h = C + (A + Aᵀ)x`` ``[P, S, n1, n2 + 1]`` and the pair
@@ -295,9 +301,8 @@ def solve_matching(
         return unary_costs.new_zeros(unary_costs.shape)
     scale = float(problem.unary.abs().amax()) + float(problem.quadratic_flat.abs().sum(1).amax())
     tolerance = 1e-6 * max(scale, 1.0)
-    empty = torch.full((problems, 1, n1), n2, dtype=torch.long, device=unary.device)
     # Linearisation of the quadratic part at the uniform fractional matching x = 1/n2.
-    quadratic_kept = problem.quadratic_flat.view(problems, problem.e1, -1)[:, :, : problem.e2]
+    quadratic_kept = problem.quadratic_flat.view(problems, problem.e1, problem.e2 + 1)[:, :, : problem.e2]
     by_src = quadratic_kept.new_zeros(problems, problem.e1, n2).scatter_add_(
         2, problem.right_src[:, None, :].expand(-1, problem.e1, -1), quadratic_kept
     )
@@ -307,7 +312,7 @@ def solve_matching(
     uniform = problem.unary[..., :n2].clone()
     uniform.scatter_add_(1, problem.src[..., None].expand(-1, -1, n2), by_src / n2)
     uniform.scatter_add_(1, problem.dst[..., None].expand(-1, -1, n2), by_dst / n2)
-    starts = [empty, _greedy_rounding(torch.stack([problem.unary[..., :n2], uniform], 1), n2)]
+    starts = [_greedy_rounding(torch.stack([problem.unary[..., :n2], uniform], 1), n2)]
     if warm_start is not None:
         warm = warm_start.to(unary.device)
         warm = warm[None] if warm.dim() == 2 else warm
@@ -318,7 +323,8 @@ def solve_matching(
     sigma = _local_search(problem, torch.cat(starts, dim=1), tolerance)
     objective = _objective_of(problem, sigma)
     best = objective.argmin(1)
-    sigma = sigma.gather(1, best[:, None, None].expand(-1, 1, n1)).squeeze(1)
+    sigma = sigma.gather(1, best[:, None, None].expand(-1, 1, n1))
+    sigma = sigma.squeeze(1)
     matching = torch.zeros(problems, n1, n2 + 1, dtype=unary_costs.dtype, device=unary.device)
     matching.scatter_(2, sigma[..., None], 1.0)
     matching = matching[..., :n2]
@@ -336,7 +342,9 @@ def matching_objective(
     unary, quadratic, left, right, batched = _as_batch(unary_costs, quadratic_costs, edges_left, edges_right)
     x = matching[None] if matching.dim() == 2 else matching
     if x.shape != unary.shape:
-        raise ValueError(f"matching must have the shape of unary_costs {list(unary.shape)}, got {list(matching.shape)}")
+        raise ValueError(
+            f"matching must have the shape of unary_costs {list(unary.shape)}, got {list(matching.shape)}"
+        )
     x = x.to(unary.dtype)
     valid1 = (left >= 0).all(1)
     valid2 = (right >= 0).all(1)

@@ -22,8 +22,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exgra.errors import DataError, ExgraError
-from exgra.llm import LLMClient, LLMSettings, LLMStats, ReplyError, extract_json_object, resolve_credentials
-from exgra.llm.journal import Journal, write_json_atomic
+from exgra.io import check_output_file, read_json, write_json_atomic
+from exgra.llm import (
+    Credentials,
+    LLMClient,
+    LLMSettings,
+    LLMStats,
+    ReplyError,
+    extract_json_object,
+    resolve_credentials,
+)
+from exgra.llm.journal import Journal
 from exgra.prompts import load_prompt
 
 CONVERSATION_KEYS = ("conversations", "conversatons")  # the reference's data has the typo
@@ -78,12 +87,7 @@ def journal_path_for(output_path: str | Path) -> Path:
 def load_caption_records(path: str | Path) -> list[dict[str, Any]]:
     """Read a LLaVA-Med-style JSON list of records."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    records = read_json(path, "input file")
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise DataError(f"{path} must hold a JSON list of records (objects)")
     return records
@@ -181,6 +185,10 @@ def _input_digest(path: Path) -> str:
 def _check_paths(options: ExtendCaptionsOptions, journal: Path) -> None:
     if options.input_path.resolve() == options.output_path.resolve():
         raise ExgraError("--output must differ from the input file (the input is never overwritten)")
+    # The output is checked even for a dry run: it tells the user now, not after the paid run.
+    check_output_file(
+        options.output_path, options.overwrite or options.resume, hint="pass --resume or --overwrite"
+    )
     if options.resume or options.dry_run:
         return
     if journal.exists() and not options.overwrite:
@@ -188,8 +196,6 @@ def _check_paths(options: ExtendCaptionsOptions, journal: Path) -> None:
             f"a journal from an earlier run exists ({journal}): pass --resume to continue it "
             "or --overwrite to start over"
         )
-    if options.output_path.exists() and not options.overwrite:
-        raise ExgraError(f"{options.output_path} already exists: pass --overwrite to replace it")
 
 
 def _finished_entries(
@@ -220,11 +226,11 @@ async def _run(
     records: list[dict[str, Any]],
     pending: list[int],
     system_prompt: str,
+    credentials: Credentials,
     journal: Journal,
     report: ExtendCaptionsReport,
     console: Console,
 ) -> dict[int, dict[str, Any]]:
-    credentials = resolve_credentials(options.settings.base_url, options.env_file)
     entries: dict[int, dict[str, Any]] = {}
     progress = Progress(
         TextColumn("[bold]extend-captions"),
@@ -296,9 +302,9 @@ def extend_captions(options: ExtendCaptionsOptions, console: Console | None = No
     options.input_path = Path(options.input_path)
     options.output_path = Path(options.output_path)
     journal_path = journal_path_for(options.output_path)
-    _check_paths(options, journal_path)
     system_prompt = load_prompt(options.prompt)
     records = load_caption_records(options.input_path)
+    _check_paths(options, journal_path)
     if options.limit is not None:
         if options.limit < 1:
             raise ExgraError(f"--limit must be at least 1, got {options.limit}")
@@ -333,10 +339,14 @@ def extend_captions(options: ExtendCaptionsOptions, console: Console | None = No
         report.seconds = time.monotonic() - started
         return report
 
+    # Before the journal is opened (and truncated by --overwrite): a missing key loses nothing.
+    credentials = resolve_credentials(options.settings.base_url, options.env_file) if pending else None
     journal.open(header, resume=options.resume)
     try:
         new_entries = asyncio.run(
-            _run(options, records, pending, system_prompt, journal, report, console) if pending else _noop()
+            _run(options, records, pending, system_prompt, credentials, journal, report, console)
+            if credentials is not None
+            else _noop()
         )
     finally:
         journal.close()

@@ -18,8 +18,6 @@ Layout of the output folder::
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from exgra.data.demo_sources import SourceImage, check_demo_packages, demo_sources
-from exgra.data.records import IMAGE_TOKEN, closed_question_suffix, write_checksums, write_json
+from exgra.data.records import IMAGE_TOKEN, closed_question_suffix, write_checksums
 from exgra.errors import ExgraError
+from exgra.io import staged_output_dir, write_json_atomic
 
 __all__ = ["DemoDataset", "build_demo_dataset"]
 
@@ -317,16 +316,16 @@ def _build(root: Path, seed: int, image_size: int, num_samples: int) -> tuple[in
         split_records[split] = records
 
     for split, records in split_records.items():
-        write_json(root / f"{split}.json", records)
+        write_json_atomic(root / f"{split}.json", records)
     open_answers = sorted(
         {r["conversations"][1]["value"].lower() for r in split_records["train"] if r["answer_type"] == "OPEN"}
     )
-    write_json(root / "candidate.json", {"0": open_answers})
-    write_json(root / "pretrain.json", pretrain)
+    write_json_atomic(root / "candidate.json", {"0": open_answers})
+    write_json_atomic(root / "pretrain.json", pretrain)
     seen = {}
     for source in sources:
         seen.setdefault((source.package, source.file), source)
-    write_json(
+    write_json_atomic(
         root / "sources.json",
         [
             {"package": package, "file": file, "licence": source.licence, "content": source.group}
@@ -358,15 +357,6 @@ def build_demo_dataset(
     if num_samples < 10:
         raise ExgraError(f"num_samples must be at least 10, got {num_samples}")
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise ExgraError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.building-", dir=output_dir.parent))
-    try:
-        num_images, num_questions = _build(staging / "dataset", seed, image_size, num_samples)
-        if output_dir.exists():
-            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
-        (staging / "dataset").replace(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_output_dir(output_dir, overwrite) as building:
+        num_images, num_questions = _build(building, seed, image_size, num_samples)
     return DemoDataset.at(output_dir, num_images, num_questions)

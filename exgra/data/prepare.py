@@ -23,7 +23,6 @@ import io
 import json
 import random
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,9 @@ from exgra.data.records import (
     VQARecord,
     closed_question_suffix,
     write_checksums,
-    write_json,
 )
 from exgra.errors import DataError, ExgraError
+from exgra.io import check_output_dir, staged_output_dir, write_json_atomic
 
 __all__ = ["DATASETS", "PreparedDataset", "prepare_dataset"]
 
@@ -266,13 +265,13 @@ def _convert(name: str, source: Path, root: Path, seed: int, val_size: int | Non
     counts = {}
     for split, file in SPLIT_FILES.items():
         records = [_format(item, option_sets) for item in items if item.split == split]
-        write_json(root / file, records)
+        write_json_atomic(root / file, records)
         counts[split] = len(records)
     open_answers = sorted(
         {i.answer.strip().lower() for i in items if i.split == "train" and i.answer_type == "OPEN"}
     )
-    write_json(root / "candidate.json", {"0": open_answers})
-    write_json(
+    write_json_atomic(root / "candidate.json", {"0": open_answers})
+    write_json_atomic(
         root / "prepare_info.json",
         {"dataset": name, "seed": seed, "val_size": val_size, "counts": counts, "format": "exgra-vqa-1"},
     )
@@ -320,19 +319,11 @@ def prepare_dataset(
     source = Path(source)
     if not source.is_dir():
         raise DataError(f"source folder not found: {source}")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise ExgraError(f"{output} already exists and is not empty; pass --overwrite to replace it")
+    check_output_dir(output, overwrite)
     if output.resolve().is_relative_to(source.resolve()):
         raise ExgraError(f"the output folder {output} must not be inside the source folder {source}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.preparing-", dir=output.parent))
-    try:
-        counts = _convert(name, source, staging / "dataset", seed, val_size)
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        (staging / "dataset").replace(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_output_dir(output, overwrite) as building:
+        counts = _convert(name, source, building, seed, val_size)
     return PreparedDataset(
         root=output,
         image_folder=output / "images",

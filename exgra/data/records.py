@@ -16,9 +16,7 @@ is never replaced by another sample.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from exgra.data.images import load_image, safe_image_path
 from exgra.errors import DataError
+from exgra.io import read_json, write_text_atomic
 
 __all__ = [
     "IMAGE_TOKEN",
@@ -47,7 +46,6 @@ __all__ = [
     "vqa_answer",
     "vqa_question",
     "write_checksums",
-    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -195,17 +193,7 @@ def _reason(exc: ValidationError) -> str:
 
 def read_json_list(path: str | Path) -> list[Any]:
     """Read a JSON file that must hold a list; one clear :class:`DataError` for every failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+    data = read_json(path, "data file")
     if not isinstance(data, list):
         raise DataError(f"{path} must contain a JSON list of records, found {type(data).__name__}")
     return data
@@ -320,16 +308,6 @@ def closed_question_suffix(options: Sequence[str]) -> str:
     return f" (Answer with either {listed} or {quoted[-1]})."
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (temporary name, then rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -343,8 +321,4 @@ def write_checksums(folder: str | Path, names: Iterable[str], filename: str = "c
     """Write ``<sha256>  <name>`` lines for files in ``folder`` (verify with ``sha256sum -c``)."""
     folder = Path(folder)
     lines = [f"{sha256_file(folder / name)}  {name}\n" for name in names]
-    path = folder / filename
-    tmp = path.with_name(f".{filename}.tmp-{os.getpid()}")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(folder / filename, "".join(lines))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import time
 from collections import defaultdict
@@ -23,8 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exgra.errors import DataError, ExgraError
-from exgra.llm import LLMClient, LLMSettings, LLMStats, ReplyError, resolve_credentials
-from exgra.llm.journal import Journal, write_json_atomic
+from exgra.io import check_output_file, read_jsonl, write_json_atomic
+from exgra.llm import Credentials, LLMClient, LLMSettings, LLMStats, ReplyError, resolve_credentials
+from exgra.llm.journal import Journal
 from exgra.prompts import load_prompt
 
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
@@ -53,24 +53,6 @@ class ChatbotEvalReport:
     summary_path: Path
     failed_ids: list[str]
     stats: LLMStats
-
-
-def read_jsonl(path: str | Path, what: str) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {number} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or "question_id" not in row:
-            raise DataError(f"{path} line {number} has no 'question_id'")
-        rows.append(row)
-    return rows
 
 
 def match_answers(
@@ -176,13 +158,13 @@ def _existing_reviews(path: Path, wanted: set[str]) -> list[dict[str, Any]]:
 async def _judge(
     pending: list[tuple[dict[str, Any], dict[str, Any]]],
     options: ChatbotEvalOptions,
+    credentials: Credentials,
     instruction: str,
     system_prompt: str,
     journal: Journal,
     stats: LLMStats,
     console: Console,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    credentials = resolve_credentials(options.settings.base_url, options.env_file)
     reviews: list[dict[str, Any]] = []
     failed: list[str] = []
     progress = Progress(
@@ -233,12 +215,14 @@ def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None
     started = time.monotonic()
     output = Path(options.output_path)
     summary_path = Path(options.summary_path or output.with_name(output.stem + ".summary.json"))
-    if output.exists() and not (options.resume or options.overwrite):
-        raise ExgraError(
-            f"{output} already exists: pass --resume to continue it or --overwrite to replace it"
-        )
+    continuing = options.resume or options.overwrite
+    check_output_file(output, continuing, hint="pass --resume to continue it or --overwrite")
+    check_output_file(summary_path, continuing)
+    if output.resolve() == summary_path.resolve():
+        raise ExgraError(f"--summary must differ from --output ({output})")
     pairs = match_answers(
-        read_jsonl(options.questions_path, "questions"), read_jsonl(options.answers_path, "answers")
+        read_jsonl(options.questions_path, "questions file", required_key="question_id"),
+        read_jsonl(options.answers_path, "answers file", required_key="question_id"),
     )
     instruction = load_prompt(options.prompt)
     system_prompt = load_prompt(options.system_prompt)
@@ -248,13 +232,17 @@ def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None
     pending = [(q, a) for q, a in pairs if str(q["question_id"]) not in done_ids]
 
     stats = LLMStats()
+    # Before the reviews file is opened (and truncated by --overwrite): a missing key loses nothing.
+    credentials = resolve_credentials(options.settings.base_url, options.env_file) if pending else None
     # the reviews JSONL is itself the journal: one line per judged question, appended and fsynced
     journal = Journal(output, with_header=False)
     journal.open(None, resume=options.resume)
     try:
         new, failed = (
-            asyncio.run(_judge(pending, options, instruction, system_prompt, journal, stats, console))
-            if pending
+            asyncio.run(
+                _judge(pending, options, credentials, instruction, system_prompt, journal, stats, console)
+            )
+            if credentials is not None
             else ([], [])
         )
     finally:

@@ -13,9 +13,7 @@ Every metric is a percentage (unrounded); a mean over no items is ``None``.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +37,7 @@ from exgra.eval.metrics import (
     strict_normalize,
     token_f1,
 )
+from exgra.io import read_json, read_jsonl_lines, write_json_atomic, write_text_atomic
 
 SCORERS: tuple[str, ...] = ("legacy", "strict", "llava-med", "llava-med-pre35")
 # Bump a scorer's version whenever its numbers could change.
@@ -99,12 +98,12 @@ class ScoreReport:
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the metrics JSON atomically; refuse to replace an existing file unless ``overwrite``."""
-        return write_json_atomic(self.to_dict(), path, overwrite=overwrite)
+        return write_json_atomic(path, self.to_dict(), overwrite=overwrite)
 
     def save_items(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write one JSON line per scored question (normalised texts and scores)."""
         lines = [json.dumps(item.__dict__, ensure_ascii=False) for item in self.items]
-        return _write_text_atomic("\n".join(lines) + "\n", path, overwrite=overwrite)
+        return write_text_atomic(path, "\n".join(lines) + "\n", overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,34 +237,17 @@ class PredictionRecord:
     line: int
 
 
-def _read_text(path: Path, what: str) -> str:
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}.")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"Cannot read {what.lower()} {path}: {exc}.") from exc
-
-
-def _load_json(path: Path, what: str) -> Any:
-    text = _read_text(path, what)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
-        ) from exc
-
-
 def load_ground_truth(path: str | Path) -> list[GroundTruthRecord]:
     """Read a VQA test JSON (a list of ``{id, answer_type, conversations: [human, gpt]}``).
 
     The ``conversatons`` typo key of some released files is accepted, as the reference does.
     """
     path = Path(path)
-    data = _load_json(path, "Ground-truth file")
+    data = read_json(path, "ground-truth file")
     if not isinstance(data, list):
         raise DataError(f"Ground-truth file {path} must hold a JSON list of question records.")
+    if not data:
+        raise DataError(f"Ground-truth file {path} holds no question records.")
     records = []
     for index, record in enumerate(data):
         if not isinstance(record, dict) or "id" not in record:
@@ -294,17 +276,8 @@ def load_ground_truth(path: str | Path) -> list[GroundTruthRecord]:
 def load_predictions(path: str | Path) -> list[PredictionRecord]:
     """Read an answers JSONL (one ``{question_id, text, ...}`` object per line; blank lines skipped)."""
     path = Path(path)
-    text = _read_text(path, "Prediction file")
     records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"Line {line_number} of {path} is not valid JSON ({exc.msg}).") from exc
-        if not isinstance(record, dict) or "question_id" not in record:
-            raise DataError(f"Line {line_number} of {path} is not an object with a 'question_id'.")
+    for line_number, record in read_jsonl_lines(path, "prediction file", required_key="question_id"):
         if not isinstance(record.get("text"), str):
             raise DataError(
                 f"Line {line_number} of {path} (question {record['question_id']!r}) has no text answer."
@@ -316,7 +289,7 @@ def load_predictions(path: str | Path) -> list[PredictionRecord]:
 def load_candidates(path: str | Path) -> list[str | int]:
     """Read a candidate-answer file: ``{"0": [answers...]}`` as the reference writes it, or a plain list."""
     path = Path(path)
-    data = _load_json(path, "Candidate file")
+    data = read_json(path, "candidate file")
     candidates = data.get("0") if isinstance(data, dict) else data
     if not isinstance(candidates, list) or not all(
         isinstance(c, (str, int)) and not isinstance(c, bool) for c in candidates
@@ -415,31 +388,3 @@ def score_answers(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return ScoreReport(metrics, results, arguments, left_out)
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
-# ----------------------------------------------------------------------------------------------
-
-
-def _write_text_atomic(text: str, path: str | Path, overwrite: bool = False) -> Path:
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ExgraError(f"{path} already exists; pass --overwrite to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(data: dict[str, Any], path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``data`` as indented JSON through a temporary file and a rename."""
-    return _write_text_atomic(
-        json.dumps(data, indent=2, ensure_ascii=False) + "\n", path, overwrite=overwrite
-    )

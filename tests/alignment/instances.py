@@ -40,7 +40,9 @@ def reference_like_problem(
     return unary, quadratic, edges, edges
 
 
-def _objective_numpy(sigma: np.ndarray, unary: np.ndarray, quad: np.ndarray, el: np.ndarray, er: np.ndarray) -> float:
+def _objective_numpy(
+    sigma: np.ndarray, unary: np.ndarray, quad: np.ndarray, el: np.ndarray, er: np.ndarray
+) -> float:
     """Objective of a matching given as row -> column (-1 = unmatched)."""
     n2 = unary.shape[1]
     value = float(sum(unary[i, c] for i, c in enumerate(sigma) if c >= 0))
@@ -89,7 +91,12 @@ def brute_force(unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: t
 
 
 def multi_restart_local_search(
-    unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: torch.Tensor, restarts: int = 20, seed: int = 0
+    unary: torch.Tensor,
+    quad: torch.Tensor,
+    el: torch.Tensor,
+    er: torch.Tensor,
+    restarts: int = 20,
+    seed: int = 0,
 ) -> float:
     """Slow, strong reference: first-improvement local search (move / unassign / swap) from random starts."""
     u, q, a, b = unary.double().numpy(), quad.double().numpy(), el.numpy(), er.numpy()

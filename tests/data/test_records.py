@@ -20,9 +20,9 @@ from exgra.data.records import (
     vqa_answer,
     vqa_question,
     write_checksums,
-    write_json,
 )
 from exgra.errors import DataError
+from exgra.io import write_json_atomic
 
 
 def turns(*values: str) -> list[dict[str, str]]:
@@ -168,7 +168,7 @@ def test_closed_question_suffix():
 
 
 def test_write_json_and_checksums(tmp_path):
-    path = write_json(tmp_path / "sub" / "x.json", [{"a": "é"}])
+    path = write_json_atomic(tmp_path / "sub" / "x.json", [{"a": "é"}])
     assert json.loads(path.read_text(encoding="utf-8")) == [{"a": "é"}]
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temporary file left
     checksums = write_checksums(path.parent, ["x.json"])

@@ -160,7 +160,7 @@ def test_duplicate_ids_fail_even_when_partial(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("gt", "pred_text", "match"),
     [
-        ([_gt_record(0, "yes", "CLOSED")], '{"question_id": 0, "text": "yes"}\n{oops\n', "Line 2 of"),
+        ([_gt_record(0, "yes", "CLOSED")], '{"question_id": 0, "text": "yes"}\n{oops\n', "line 2 of"),
         ([_gt_record(0, "yes", "CLOSED")], '{"question_id": 0}\n', "has no text answer"),
         ([{"id": 0, "answer_type": "OPEN", "conversations": [{"value": "q"}]}], "", "has no answer"),
         ([_gt_record(0, "yes", "yes/no")], '{"question_id": 0, "text": "yes"}\n', "expected OPEN or CLOSED"),
@@ -175,7 +175,7 @@ def test_bad_records(tmp_path: Path, gt: list, pred_text: str, match: str) -> No
 
 
 def test_missing_and_invalid_files(tmp_path: Path, files: tuple[Path, Path]) -> None:
-    with pytest.raises(DataError, match="Ground-truth file not found"):
+    with pytest.raises(DataError, match="ground-truth file not found"):
         score_answers(tmp_path / "nope.json", files[1])
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": 1,\n oops}]')
