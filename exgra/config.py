@@ -153,9 +153,7 @@ def dump_config(config: BaseModel, path: str | Path | None = None) -> str:
     """Serialise a resolved config to YAML; also write it to ``path`` when given."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        from exgra.io import write_text_atomic
+
+        write_text_atomic(path, text)
     return text

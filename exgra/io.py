@@ -111,14 +111,19 @@ def read_jsonl(path: str | Path, what: str = "file", required_key: str | None = 
     return [row for _, row in read_jsonl_lines(path, what, required_key)]
 
 
-def make_parent_dirs(path: str | Path) -> None:
-    """Create the folders above ``path``; a file standing where a folder must go is named in the error."""
-    parent = Path(path).parent
-    for ancestor in (parent, *parent.parents):
+def _refuse_file_in_the_way(path: Path) -> None:
+    # mkdir(parents=True) would fail with a bare FileExistsError; name the file that is in the way.
+    for ancestor in path.parents:
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise ExgraError(f"cannot write {path}: {ancestor} is a file, not a folder")
-            break
+            return
+
+
+def make_parent_dirs(path: str | Path) -> None:
+    """Create the folders above ``path``; a file standing where a folder must go is named in the error."""
+    parent = Path(path).parent
+    _refuse_file_in_the_way(Path(path))
     with os_errors(f"create the folder {parent}"):
         parent.mkdir(parents=True, exist_ok=True)
 
@@ -134,11 +139,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, *, hint: str = 
         raise ExgraError(f"output {path} is a folder; give the path of a file inside it")
     if path.exists() and not overwrite:
         raise ExgraError(f"{path} already exists; {hint} to replace it")
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ExgraError(f"cannot write {path}: {ancestor} is a file, not a folder")
-            break
+    _refuse_file_in_the_way(path)
     return path
 
 
@@ -183,11 +184,7 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
         raise ExgraError(f"output {path} is a file; give the path of a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ExgraError(f"{path} already exists and is not empty; pass --overwrite to replace it")
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ExgraError(f"cannot write {path}: {ancestor} is a file, not a folder")
-            break
+    _refuse_file_in_the_way(path)
     return path
 
 

@@ -74,3 +74,16 @@ def test_cli_version_and_help(run_exgra):
 def test_cli_usage_error_exit_code_2(run_exgra):
     result = run_exgra("no-such-command")
     assert result.exit_code == 2
+
+
+def test_os_error_is_one_line_not_a_traceback(run_exgra, tmp_path, monkeypatch):
+    import exgra.cli as cli
+
+    def failing_app():
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
+
+    monkeypatch.setattr(cli, "app", failing_app)
+    result = run_exgra("models")
+    assert result.exit_code == 1
+    assert "Permission denied" in result.stderr and str(tmp_path / "out") in result.stderr
+    assert "Traceback" not in result.stderr

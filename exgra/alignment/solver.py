@@ -30,6 +30,11 @@ from torch import Tensor
 __all__ = ["matching_objective", "solve_matching"]
 
 _MAX_ITERATIONS_FACTOR = 8
+_DROP_FRACTION = 0.2
+
+
+def _PERTURBATION_SCHEDULE(n1: int) -> tuple[int, int]:
+    return (0, 0)
 
 
 def _as_batch(
@@ -82,9 +87,12 @@ def _as_batch(
 class _Problem:
     """A batch of problems in the solver's internal form (float32, padded edges removed, duplicates merged).
 
-    ``unary [P, n1, n2 + 1]`` has a zero dummy column; ``quadratic_flat [P, E1 * (E2 + 1)]`` has a zero
-    "no edge" column ``E2``; ``edge_lookup [P, (n2 + 1)²]`` maps a column pair ``(k, l)`` to the E2 edge
-    with those endpoints (or ``E2``), with row/column ``n2`` (the dummy) always mapping to ``E2``.
+    ``unary [P, n1 * W]`` (``W = n2 + 1``; column ``n2`` is the zero-cost dummy "unmatched"),
+    ``quadratic_flat [P, E1 * (E2 + 1)]`` with a zero "no edge" column ``E2``, ``edge_lookup [P, W²]``
+    mapping a column pair ``(k, l)`` to its (first) E2 edge or ``E2``, and a CSR-like incidence table
+    ``incidence [P, 2W, 2D]``: row ``l`` lists the E2 edges entering column ``l`` (ids, then their source
+    columns), row ``W + k`` the edges leaving ``k`` (ids, then their target columns), padded with ``E2``
+    and the dummy column.
     """
 
     def __init__(self, unary: Tensor, quadratic: Tensor, edges_left: Tensor, edges_right: Tensor) -> None:
@@ -109,70 +117,103 @@ class _Problem:
         keep1 = valid1 & ~loop1
         keep2 = valid2 & ~loop2
         quadratic = quadratic * keep1[:, :, None] * keep2[:, None, :]
-        self.src = torch.where(keep1, src1, 0)
-        self.dst = torch.where(keep1, dst1, 0)
-        self.keep = keep1
-        self.right_src = torch.where(keep2, src2, 0)
-        self.right_dst = torch.where(keep2, dst2, 0)
         width = n2 + 1
+        src1 = torch.where(keep1, src1, 0)
+        dst1 = torch.where(keep1, dst1, 0)
+        src2 = torch.where(keep2, src2, n2)
+        dst2 = torch.where(keep2, dst2, n2)
+        # Duplicate E2 edges: the index that wins the scatter receives the summed costs of all copies.
         trash = width * width
         keys = torch.where(keep2, src2 * width + dst2, trash)
         lookup = torch.full((problems, trash + 1), e2, dtype=torch.long, device=device)
         lookup.scatter_(1, keys, torch.arange(e2, device=device).expand(problems, e2).contiguous())
         lookup[:, trash] = e2
-        # Duplicate E2 edges: whichever index won the scatter receives the summed costs of all copies.
         canonical = lookup.gather(1, keys)
         merged = torch.zeros(problems, e1, e2 + 1, device=device)
         merged.scatter_add_(2, canonical[:, None, :].expand(-1, e1, -1), quadratic)
         merged[:, :, e2] = 0.0
+        primary = keep2 & (canonical == torch.arange(e2, device=device))
         self.edge_lookup = lookup[:, :trash]
         self.quadratic_flat = merged.reshape(problems, -1)
-        self.unary = torch.cat([unary, unary.new_zeros(problems, n1, 1)], dim=2)
-        self.problems, self.n1, self.n2, self.e1, self.e2 = problems, n1, n2, e1, e2
-        self.edge_offset = torch.arange(e1, device=device) * (e2 + 1)
-        self.columns = torch.arange(width, device=device)
-
-    def lookup_pairs(self, col_a: Tensor, col_b: Tensor) -> Tensor:
-        """``Q[a, edge(col_a[a], col_b[a])]`` for every edge ``a``; inputs ``[P, S, E1]`` (broadcastable)."""
-        keys = col_a * (self.n2 + 1) + col_b
-        starts = keys.shape[1]
-        edge = self.edge_lookup.gather(1, keys.reshape(self.problems, -1)).view(
-            self.problems, starts, self.e1
+        self.unary = torch.cat([unary, unary.new_zeros(problems, n1, 1)], dim=2).reshape(problems, -1)
+        self.problems, self.n1, self.n2, self.e1, self.e2, self.width = problems, n1, n2, e1, e2, width
+        # Incidence lists of the right graph per column (in-edges, out-edges), padded to one depth.
+        ends = torch.stack([dst2, src2], 1)  # [P, 2, E2]: the column an edge is listed under
+        others = torch.stack([src2, dst2], 1)  # the column the listed edge leads to
+        bucket = torch.where(primary[:, None, :], ends, width)
+        onehot = torch.nn.functional.one_hot(bucket, width + 1)
+        slot = (onehot.cumsum(2) * onehot).sum(3) - 1  # rank of the edge within its column's list
+        depth = max(int(onehot[..., :width].sum(2).amax()) if e2 else 0, 1)
+        side = torch.arange(2, device=device)[None, :, None] * width
+        flat = torch.where(primary[:, None, :], (side + bucket) * depth + slot, 2 * width * depth)
+        ids = torch.full((problems, 2 * width * depth + 1), e2, dtype=torch.long, device=device)
+        ids.scatter_(
+            1, flat.reshape(problems, -1), torch.arange(e2, device=device).repeat(2).expand(problems, -1)
         )
-        index = edge + self.edge_offset
-        return self.quadratic_flat.gather(1, index.reshape(self.problems, -1)).view(
-            self.problems, starts, self.e1
-        )
+        ids = ids[:, :-1].view(problems, 2 * width, depth)
+        padded_others = torch.cat([others, others.new_full((problems, 2, 1), n2)], 2)
+        columns = torch.cat(
+            [
+                padded_others[:, 0].gather(1, ids[:, :width].reshape(problems, -1)),
+                padded_others[:, 1].gather(1, ids[:, width:].reshape(problems, -1)),
+            ],
+            1,
+        ).view(problems, 2 * width, depth)
+        self.incidence = torch.cat([ids, columns], 2)
+        self.depth = depth
+        # Half edges: edge a=(u,v) adds to row u (partner v, in-list of σ(v)) and to row v (partner u,
+        # out-list of σ(u)).
+        arange1 = torch.arange(e1, device=device)
+        self.half_row = torch.cat([src1, dst1], 1) * width  # [P, 2E1]
+        self.half_partner = torch.cat([dst1, src1], 1)
+        self.half_side = torch.cat([arange1 * 0, arange1 * 0 + width])  # [2E1]
+        self.half_edge = torch.cat([arange1, arange1]) * (e2 + 1)
+        self.edge_offset = arange1 * (e2 + 1)
+        self.src, self.dst, self.keep = src1, dst1, keep1
+        self.right_src, self.right_dst = src2, dst2
+        self.pair_index = src1 * n1 + dst1
 
-    def linear_terms(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """For matchings ``sigma [P, S, n1]``: ``h = C + (A + Aᵀ)x`` ``[P, S, n1, n2 + 1]`` and the pair
-        corrections (current columns / exchanged columns) ``[P, S, n1, n1]``."""
-        problems, starts = sigma.shape[:2]
-        n1, width, e1 = self.n1, self.n2 + 1, self.e1
-        col_src = sigma.gather(2, self.src[:, None, :].expand(-1, starts, -1))
-        col_dst = sigma.gather(2, self.dst[:, None, :].expand(-1, starts, -1))
-        # Edge a=(u,v) currently sends v to col_dst: row u pays Q[a, edge(k, col_dst)] for column k,
-        # and row v pays Q[a, edge(col_src, l)] for column l.
-        keys_src = self.columns[None, None, None, :] * width + col_dst[..., None]
-        keys_dst = col_src[..., None] * width + self.columns[None, None, None, :]
-        keys = torch.stack([keys_src, keys_dst], dim=2)  # [P, S, 2, E1, width]
-        edges = self.edge_lookup.gather(1, keys.reshape(problems, -1)).view(problems, starts, 2, e1, width)
-        values = self.quadratic_flat.gather(
-            1, (edges + self.edge_offset[:, None]).reshape(problems, -1)
-        ).view(problems, starts, 2 * e1, width)
-        rows = torch.cat([self.src, self.dst], dim=1)[:, None, :, None].expand(-1, starts, -1, width)
-        linear = self.unary[:, None].expand(-1, starts, -1, -1).clone()
-        linear.scatter_add_(2, rows, values)
+    def terms(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For matchings ``sigma [P, S, n1]``: ``h = C + (A + Aᵀ)x`` ``[P, S, n1, W]`` and, per E1 edge,
+        the cost of its current image and of its reversed image ``[P, S, 2, E1]``."""
+        problems, starts, n1 = sigma.shape
+        width, depth, e1 = self.width, self.depth, self.e1
+        partner_col = sigma.gather(2, self.half_partner[:, None, :].expand(-1, starts, -1))
+        key = (partner_col + self.half_side).view(problems, -1, 1).expand(-1, -1, 2 * depth)
+        listed = self.incidence.gather(1, key).view(problems, starts, 2 * e1, 2 * depth)
+        ids, cols = listed[..., :depth], listed[..., depth:]
+        values = self.quadratic_flat.gather(1, (ids + self.half_edge[:, None]).view(problems, -1))
+        target = cols + self.half_row[:, None, :, None]
+        target = target + (torch.arange(starts, device=sigma.device) * (n1 * width))[None, :, None, None]
+        linear = self.unary[:, None].expand(-1, starts, -1).reshape(problems, -1)
+        linear = linear.scatter_add(1, target.view(problems, -1), values).view(problems, starts, n1, width)
+        col_dst, col_src = partner_col[..., :e1], partner_col[..., e1:]
         pair_keys = torch.stack([col_src * width + col_dst, col_dst * width + col_src], dim=2)
-        pair_edges = self.edge_lookup.gather(1, pair_keys.reshape(problems, -1)).view(problems, starts, 2, e1)
-        pair_values = self.quadratic_flat.gather(
-            1, (pair_edges + self.edge_offset).reshape(problems, -1)
-        ).view(problems, starts, 2, e1)
-        flat = (self.src * n1 + self.dst)[:, None, None, :].expand(-1, starts, 2, -1)
-        pairs = linear.new_zeros(problems, starts, 2, n1 * n1).scatter_add_(3, flat, pair_values)
-        pairs = pairs.view(problems, starts, 2, n1, n1)
-        pairs = pairs + pairs.transpose(3, 4)
-        return linear, pairs[:, :, 0], pairs[:, :, 1]
+        pair_edges = self.edge_lookup.gather(1, pair_keys.view(problems, -1)).view(problems, starts, 2, e1)
+        pair_values = self.quadratic_flat.gather(1, (pair_edges + self.edge_offset).view(problems, -1))
+        return linear, pair_values.view(problems, starts, 2, e1), partner_col
+
+    def unary_matrix(self) -> Tensor:
+        """Unary costs ``[P, n1, n2]`` (without the dummy column)."""
+        return self.unary.view(self.problems, self.n1, self.width)[..., : self.n2]
+
+    def uniform_linearisation(self) -> Tensor:
+        """``C + (A + Aᵀ)x`` at the uniform fractional matching ``x = 1/n2``: ``[P, n1, n2]``."""
+        problems, e1, width = self.problems, self.e1, self.width
+        quadratic = self.quadratic_flat.view(problems, e1, self.e2 + 1)[..., : self.e2]
+        linear = self.unary.view(problems, self.n1, width).clone()
+        for rows, right in ((self.src, self.right_src), (self.dst, self.right_dst)):
+            by_column = quadratic.new_zeros(problems, e1, width)
+            by_column.scatter_add_(2, right[:, None, :].expand(-1, e1, -1), quadratic / self.n2)
+            linear.scatter_add_(1, rows[..., None].expand(-1, -1, width), by_column)
+        return linear[..., : self.n2]
+
+    def objective(self, sigma: Tensor) -> Tensor:
+        """Objective of matchings ``sigma [P, S, n1]`` -> ``[P, S]``."""
+        _, pair_values, _ = self.terms(sigma)
+        index = sigma + torch.arange(self.n1, device=sigma.device) * self.width
+        unary = self.unary.gather(1, index.view(self.problems, -1)).view(sigma.shape)
+        return unary.sum(2) + pair_values[:, :, 0].sum(2)
 
     def neighbour_pairs(self) -> tuple[Tensor, Tensor]:
         """Both directions of every kept E1 edge, invalid ones pointing at a spare slot ``n1``."""
@@ -188,12 +229,11 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
     problems, starts, n1, _ = scores.shape
     sigma = torch.full((problems, starts, n1), n2, dtype=torch.long, device=scores.device)
     scores = scores.masked_fill(scores >= 0, float("inf"))
+    row_ids = torch.arange(n1, device=scores.device)
     for _ in range(min(n1, n2)):
-        best_col = scores.argmin(3)
+        best_value, best_col = scores.min(3)
         best_row = scores.argmin(2)
-        row_ids = torch.arange(n1, device=scores.device)
-        mutual = best_row.gather(2, best_col) == row_ids
-        mutual &= scores.gather(3, best_col[..., None]).squeeze(3) < float("inf")
+        mutual = (best_row.gather(2, best_col) == row_ids) & (best_value < float("inf"))
         if not bool(mutual.any()):
             break
         sigma = torch.where(mutual, best_col, sigma)
@@ -204,70 +244,103 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
 
 
 def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
-    """Best-improvement local search from ``sigma [P, S, n1]`` until no move improves any start."""
+    """Best-improvement local search from ``sigma [P, S, n1]`` until no move improves any start.
+
+    Every row proposes its best move: go to a free column or to the dummy, swap columns with another row,
+    or take another row's column (that row becomes unmatched). Proposals are ranked by gain; a proposal is
+    applied when it ranks first among all proposals touching its rows or their E1-neighbours (and, for a
+    move to a free column, among those wanting that column). Accepted moves then touch disjoint,
+    non-adjacent rows and distinct columns, so their objective changes add up exactly.
+    """
     problems, starts, n1 = sigma.shape
-    n2 = problem.n2
+    n2, width = problem.n2, problem.width
     device = sigma.device
     inf = float("inf")
-    row_ids = torch.arange(n1, device=device)
+    rows = torch.arange(n1, device=device)
     eye = torch.eye(n1, dtype=torch.bool, device=device)
     nb_from, nb_to = problem.neighbour_pairs()
     nb_from = nb_from[:, None, :].expand(-1, starts, -1)
     nb_to = nb_to[:, None, :].expand(-1, starts, -1)
-    for _ in range(_MAX_ITERATIONS_FACTOR * (n1 + 4)):
-        linear, pairs_current, pairs_exchanged = problem.linear_terms(sigma)
+    pair_index = problem.pair_index[:, None, None, :].expand(-1, starts, 2, -1)
+    unmatched_bucket = width + rows
+    # On a GPU every convergence check is a device sync; there a few wasted iterations are cheaper.
+    check_every = 1 if sigma.device.type == "cpu" else 4
+    for iteration in range(_MAX_ITERATIONS_FACTOR * (n1 + 4)):
+        linear, pair_values, _ = problem.terms(sigma)
+        # Per row pair (i, j): summed cost of the current / exchanged images of the E1 edges i->j.
+        images = linear.new_zeros(problems, starts, 2, n1 * n1).scatter_add_(3, pair_index, pair_values)
+        images = images.view(problems, starts, 2, n1, n1)
+        images = images + images.transpose(3, 4)
         current = linear.gather(3, sigma[..., None]).squeeze(3)
-        used = torch.zeros(problems, starts, n2 + 1, dtype=torch.bool, device=device)
+        used = torch.zeros(problems, starts, width, dtype=torch.bool, device=device)
         used.scatter_(2, sigma, True)
         used[..., n2] = False
-        single = (linear - current[..., None]).masked_fill_(used[:, :, None, :], inf)
-        single_delta, single_col = single.min(3)
-        # Pair moves: at_other[i, j] = h[i, σ(j)].
+        single_delta, single_col = (linear - current[..., None]).masked_fill_(used[:, :, None, :], inf).min(3)
+        # at_other[i, j] = h[i, σ(j)]; the pair corrections make the deltas exact.
         at_other = linear.gather(3, sigma[:, :, None, :].expand(-1, -1, n1, -1))
         base = at_other - current[..., :, None] - current[..., None, :]
-        swap = (base + at_other.transpose(2, 3) + pairs_current + pairs_exchanged).masked_fill_(eye, inf)
-        steal = (base + pairs_current).masked_fill_(eye | (sigma == n2)[:, :, None, :], inf)
-        pair = torch.stack([swap, steal], dim=2).view(problems, starts, -1)
-        pair_delta, pair_index = pair.min(2)
-        best_single = single_delta.min(2).values
-        improving = torch.minimum(best_single, pair_delta) < -tolerance
-        if not bool(improving.any()):
+        # h counts the current image of an i-j edge twice and misses its new image: a swap gets the
+        # exchanged image, a steal (j becomes unmatched) none.
+        swap = (base + at_other.transpose(2, 3) + images[:, :, 0] + images[:, :, 1]).masked_fill_(eye, inf)
+        steal = (base + images[:, :, 0]).masked_fill_(eye | (sigma == n2)[:, :, None, :], inf)
+        pair_delta, pair_choice = torch.cat([swap, steal], dim=3).min(3)
+        partner = pair_choice % n1
+        use_pair = pair_delta < single_delta
+        delta = torch.where(use_pair, pair_delta, single_delta)
+        candidate = delta < -tolerance
+        if iteration % check_every == 0 and not bool(candidate.any()):
             break
-        # Non-conflicting single moves: a node moves if its gain ranks first among its E1-neighbours
-        # and among the nodes that want the same column (ranks make ties deterministic).
-        candidate = single_delta < -tolerance
-        rank = single_delta.masked_fill(~candidate, inf).argsort(dim=2, stable=True).argsort(dim=2)
-        spare_rank = rank.new_full((problems, starts, 1), n1 + 1)
-        padded_rank = torch.cat([rank, spare_rank], dim=2)
-        neighbour_best = padded_rank.new_full((problems, starts, n1 + 1), n1 + 1)
-        neighbour_best.scatter_reduce_(2, nb_to, padded_rank.gather(2, nb_from), "amin")
-        bucket = torch.where(single_col == n2, n2 + 1 + row_ids, single_col)
-        column_best = rank.new_full((problems, starts, n2 + 1 + n1), n1 + 1)
+        partner = torch.where(use_pair, partner, rows)
+        partner_col = sigma.gather(2, partner)
+        new_col = torch.where(use_pair, partner_col, single_col)
+        partner_new = torch.where(pair_choice >= n1, n2, sigma)
+        partner_new = torch.where(use_pair, partner_new, single_col)
+        # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
+        rank = delta.masked_fill(~candidate, inf).argsort(dim=2, stable=True).argsort(dim=2)
+        rank = torch.where(candidate, rank, n1)
+        claim = rank.new_full((problems, starts, n1 + 1), n1)
+        claim.scatter_reduce_(2, partner, rank, "amin")
+        claim[..., :n1] = torch.minimum(claim[..., :n1], rank)
+        nearby = claim.scatter_reduce(2, nb_to, claim.gather(2, nb_from), "amin")
+        bucket = torch.where(use_pair | (single_col == n2), unmatched_bucket, single_col)
+        column_best = rank.new_full((problems, starts, width + n1), n1)
         column_best.scatter_reduce_(2, bucket, rank, "amin")
-        accept = candidate & (rank < neighbour_best[..., :n1]) & (rank == column_best.gather(2, bucket))
-        single_gain = (single_delta * accept).sum(2)
-        moved_singles = torch.where(accept, single_col, sigma)
-        # One pair move where it beats the summed single moves.
-        kind = pair_index // (n1 * n1)
-        first = (pair_index % (n1 * n1)) // n1
-        second = pair_index % n1
-        col_first = sigma.gather(2, first[..., None])
-        col_second = sigma.gather(2, second[..., None])
-        moved_pair = sigma.scatter(2, first[..., None], col_second)
-        moved_pair.scatter_(2, second[..., None], torch.where(kind[..., None] == 0, col_first, n2))
-        use_pair = (pair_delta < single_gain) & (pair_delta < -tolerance)
-        new_sigma = torch.where(use_pair[..., None], moved_pair, moved_singles)
-        sigma = torch.where(improving[..., None], new_sigma, sigma)
+        accept = (
+            candidate
+            & (rank <= nearby[..., :n1])
+            & (rank <= nearby.gather(2, partner))
+            & (rank == column_best.gather(2, bucket))
+        )
+        spare = torch.cat([sigma, sigma[..., :1]], 2)
+        spare.scatter_(2, torch.where(accept, partner, n1), partner_new)
+        spare.scatter_(2, torch.where(accept, rows, n1), new_col)
+        sigma = spare[..., :n1]
     return sigma
 
 
-def _objective_of(problem: _Problem, sigma: Tensor) -> Tensor:
-    """Objective of matchings ``sigma [P, S, n1]`` -> ``[P, S]``."""
-    starts = sigma.shape[1]
-    unary = problem.unary[:, None].expand(-1, starts, -1, -1).gather(3, sigma[..., None]).squeeze(3).sum(2)
-    col_src = sigma.gather(2, problem.src[:, None, :].expand(-1, starts, -1))
-    col_dst = sigma.gather(2, problem.dst[:, None, :].expand(-1, starts, -1))
-    return unary + problem.lookup_pairs(col_src, col_dst).sum(2)
+def _best_of(sigma: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """The best of several matchings per problem: ``sigma [P, S, n1]``, ``value [P, S]`` -> ``[P, n1]``, ``[P]``.
+    Ties go to the lowest start index."""
+    best_value, best = value.min(1)
+    return sigma.gather(1, best[:, None, None].expand(-1, 1, sigma.shape[2])).squeeze(1), best_value
+
+
+def _perturbation_rounds(problem: _Problem, sigma: Tensor, value: Tensor, tolerance: float) -> Tensor:
+    """Iterated local search: restart from perturbed copies of the incumbent ``sigma [P, n1]`` (objective
+    ``value [P]``) and keep a result only where it is better. The perturbations come from a fixed seed, so
+    the output stays a deterministic function of the input."""
+    problems, n1 = sigma.shape
+    rounds, copies = _PERTURBATION_SCHEDULE(n1)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(rounds):
+        drop = (torch.rand(copies, n1, generator=generator) < _DROP_FRACTION).to(sigma.device)
+        starts = torch.where(drop, problem.n2, sigma[:, None, :])
+        starts = _local_search(problem, starts, tolerance)
+        candidate, candidate_value = _best_of(starts, problem.objective(starts))
+        better = candidate_value < value - tolerance
+        sigma = torch.where(better[:, None], candidate, sigma)
+        value = torch.where(better, candidate_value, value)
+    return sigma
 
 
 @torch.no_grad()
@@ -295,24 +368,13 @@ def solve_matching(
     unary, quadratic, left, right, batched = _as_batch(unary_costs, quadratic_costs, edges_left, edges_right)
     if not (torch.isfinite(unary).all() and torch.isfinite(quadratic).all()):
         raise ValueError("unary_costs and quadratic_costs must be finite (no NaN or inf)")
-    problem = _Problem(unary, quadratic, left, right)
     problems, n1, n2 = unary.shape
     if n1 == 0 or n2 == 0:
         return unary_costs.new_zeros(unary_costs.shape)
+    problem = _Problem(unary, quadratic, left, right)
     scale = float(problem.unary.abs().amax()) + float(problem.quadratic_flat.abs().sum(1).amax())
     tolerance = 1e-6 * max(scale, 1.0)
-    # Linearisation of the quadratic part at the uniform fractional matching x = 1/n2.
-    quadratic_kept = problem.quadratic_flat.view(problems, problem.e1, problem.e2 + 1)[:, :, : problem.e2]
-    by_src = quadratic_kept.new_zeros(problems, problem.e1, n2).scatter_add_(
-        2, problem.right_src[:, None, :].expand(-1, problem.e1, -1), quadratic_kept
-    )
-    by_dst = quadratic_kept.new_zeros(problems, problem.e1, n2).scatter_add_(
-        2, problem.right_dst[:, None, :].expand(-1, problem.e1, -1), quadratic_kept
-    )
-    uniform = problem.unary[..., :n2].clone()
-    uniform.scatter_add_(1, problem.src[..., None].expand(-1, -1, n2), by_src / n2)
-    uniform.scatter_add_(1, problem.dst[..., None].expand(-1, -1, n2), by_dst / n2)
-    starts = [_greedy_rounding(torch.stack([problem.unary[..., :n2], uniform], 1), n2)]
+    starts = [_greedy_rounding(torch.stack([problem.unary_matrix(), problem.uniform_linearisation()], 1), n2)]
     if warm_start is not None:
         warm = warm_start.to(unary.device)
         warm = warm[None] if warm.dim() == 2 else warm
@@ -321,10 +383,8 @@ def solve_matching(
         has = warm.amax(2) > 0.5
         starts.append(torch.where(has, warm.argmax(2), n2)[:, None, :])
     sigma = _local_search(problem, torch.cat(starts, dim=1), tolerance)
-    objective = _objective_of(problem, sigma)
-    best = objective.argmin(1)
-    sigma = sigma.gather(1, best[:, None, None].expand(-1, 1, n1))
-    sigma = sigma.squeeze(1)
+    sigma, value = _best_of(sigma, problem.objective(sigma))
+    sigma = _perturbation_rounds(problem, sigma, value, tolerance)
     matching = torch.zeros(problems, n1, n2 + 1, dtype=unary_costs.dtype, device=unary.device)
     matching.scatter_(2, sigma[..., None], 1.0)
     matching = matching[..., :n2]

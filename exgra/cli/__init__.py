@@ -62,7 +62,8 @@ _register_commands()
 
 def report_error(message: str) -> None:
     """Print one red error line on stderr (the message is not parsed as rich markup)."""
-    error_console.print(f"error: {message}", style="bold red", markup=False, highlight=False)
+    # soft_wrap: one error stays one line, also in piped logs.
+    error_console.print(f"error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
@@ -74,6 +75,13 @@ def main() -> None:
         if debug:
             raise
         report_error(str(exc))
+        sys.exit(1)
+    except OSError as exc:
+        # A full disk, a permission error or a vanished folder is the user's to fix, not a crash.
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        report_error(f"{exc.strerror or exc}{where}")
         sys.exit(1)
     except KeyboardInterrupt:
         if debug:

@@ -27,32 +27,33 @@ def _fractions(text: str | None) -> list[float] | None:
 
 
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="One seed (about a minute on 2 CPU cores)."),
+    quick: bool = typer.Option(False, "--quick", help="One seed (about 1.5 minutes on 2 CPU cores)."),
     output_dir: Path | None = typer.Option(
-        None, "--output-dir", "-o", help="Where everything goes [default: exgra-demo, or exgra-demo-quick]."
+        None, "--output-dir", "-o", help="Where everything goes (default: exgra-demo, or exgra-demo-quick)."
     ),
     seeds: int | None = typer.Option(
-        None, "--seeds", min=1, help="Seeds per arm and fraction [default: 3; 1 with --quick]."
+        None, "--seeds", min=1, help="Seeds per arm and fraction (default: 3; 1 with --quick)."
     ),
     fractions: str | None = typer.Option(
-        None, "--fractions", help="Pre-training data fractions, comma-separated [default: 0.1,1.0]."
+        None, "--fractions", help="Pre-training data fractions, comma-separated (default: 0.1,1.0)."
     ),
     steps_scale: float | None = typer.Option(
         None, "--steps-scale", hidden=True, help="Multiply every epoch and step count (tests, experiments)."
     ),
     num_samples: int | None = typer.Option(
-        None, "--num-samples", hidden=True, help="VQA questions in the demo dataset [default: 400]."
+        None, "--num-samples", hidden=True, help="VQA questions in the demo dataset (default: 400)."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="CPU threads for torch [default: half the cores, at most 4]."
+        None, "--threads", min=1, help="CPU threads for torch (default: half the cores, at most 4)."
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Show each phase's own output and progress bars."),
 ) -> None:
     """Run the ExGra-Med pipeline on real medical images with the tiny model, offline, on a CPU.
 
-    For two arms (autoregressive stage 2 as in LLaVA-Med; stage 2 with the multi-graph alignment
-    loss) at two pre-training data fractions: stage 1, stage 2, fine-tuning, eval and score. Prints a
-    results table and writes report.md and scores.png. Rerun the same command to resume.
+    Two arms (stage 2 without the alignment loss, as LLaVA-Med; stage 2 with the multi-graph alignment loss)
+    at two pre-training data fractions: stage 1, stage 2, fine-tuning, eval and score for each.
+
+    Prints a results table and writes report.md and scores.png. Rerun the same command to resume.
     """
     from rich.console import Console
 

@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-
-def models_command() -> None:
-    """List the registered model architectures."""
-    from rich.console import Console
+if TYPE_CHECKING:
     from rich.table import Table
+
+
+def models_table() -> Table:
+    """The registry as a three-column table that stays readable from 80 columns up.
+
+    Short fields (name, parameters) never wrap; the architecture is one dimmed line under the description
+    instead of five narrow columns, so only the description column wraps, at word boundaries.
+    """
+    from rich.table import Table
+    from rich.text import Text
 
     from exgra.models import list_models
 
-    table = Table(title="exgra models", show_lines=False)
+    table = Table(title="exgra models", show_lines=True, expand=False)
     table.add_column("name", no_wrap=True, style="bold")
-    for column in ("parameters", "vision", "connector", "projector", "template", "weights", "description"):
-        table.add_column(column)
+    table.add_column("parameters", no_wrap=True, justify="right")
+    table.add_column("description", ratio=1, overflow="fold")
     for spec in list_models():
         config = spec.config()
         vision = config.vision_tower or f"random CLIP {config.vision_config.get('image_size', '?')} px"
         weights = "random, offline" if spec.offline else "path=DIR or llm=..."
-        table.add_row(
-            spec.name,
-            spec.parameters,
-            vision,
-            config.dense_connector,
-            config.projector_type,
-            config.template,
-            weights,
-            spec.description,
+        details = (
+            f"vision: {vision} · connector: {config.dense_connector} · projector: {config.projector_type}"
+            f" · template: {config.template} · weights: {weights}"
         )
-    Console().print(table)
+        description = Text(spec.description)
+        description.append("\n" + details, style="dim")
+        table.add_row(spec.name, spec.parameters, description)
+    return table
+
+
+def models_command() -> None:
+    """List the registered model architectures (build one with create_model(name) in Python)."""
+    from rich.console import Console
+
+    Console().print(models_table())
 
 
 def register(app: typer.Typer) -> None:

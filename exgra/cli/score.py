@@ -62,13 +62,16 @@ def score(
 
     from exgra.errors import ExgraError
     from exgra.eval.scoring import SCORERS, score_answers
+    from exgra.io import check_output_file
 
     if scorer not in SCORERS:
         raise ExgraError(f"Unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}.")
     # Refuse before the work, not after it.
     for path in (output, per_item):
-        if path is not None and path.exists() and not overwrite:
-            raise ExgraError(f"{path} already exists; pass --overwrite to replace it.")
+        if path is not None:
+            check_output_file(path, overwrite)
+    if output is not None and per_item is not None and output.resolve() == per_item.resolve():
+        raise ExgraError(f"--output and --per-item must be different files (both are {output})")
     report = score_answers(gt, pred, candidates, scorer=scorer, allow_partial=allow_partial)
     _print_table(report.metrics)
     console = Console(stderr=True)

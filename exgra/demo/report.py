@@ -100,8 +100,12 @@ def results_table(summary: list[GroupSummary], title: str = "exgra demo: test-sp
     """The results as a rich table (mean ± std over seeds)."""
     from rich.table import Table
 
-    table = Table(title=title, caption="autoregressive: stage 2 without the alignment loss (LLaVA-Med style)")
-    table.add_column("pre-training data", justify="right")
+    table = Table(
+        title=title,
+        caption="data: fraction of the pre-training records (stages 1 and 2); "
+        "autoregressive: stage 2 without the alignment loss (LLaVA-Med style)",
+    )
+    table.add_column("data", justify="right", no_wrap=True)
     table.add_column("arm", no_wrap=True)
     for _, label in SCORE_COLUMNS:
         table.add_column(label, justify="right", no_wrap=True)

@@ -43,7 +43,7 @@ class DemoSettings(Section):
     stage2_batch_size: int = Field(8, ge=2, description="the alignment graphs are built over a batch")
     stage2_lr: float = Field(1e-3, gt=0.0)
     alignment_alpha: float = Field(1.0, gt=0.0, description="loss = lm_loss + alpha * align_loss (ExGra arm)")
-    finetune_steps: int = Field(60, ge=1)
+    finetune_steps: int = Field(100, ge=1)
     finetune_batch_size: int = Field(8, ge=1)
     finetune_lr: float = Field(1e-3, gt=0.0)
     eval_batch_size: int = Field(32, ge=1)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPVisionModel, LlamaConfig
 
 from exgra.errors import ExgraError
+from exgra.io import check_output_dir
 from exgra.models.config import ModelConfig
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaForConditionalGeneration
@@ -136,15 +137,16 @@ def convert_legacy_checkpoint(
     progress bar over the weight shards.
     """
     source, destination = Path(source), Path(destination)
+    if source.is_file():
+        raise ExgraError(f"{source} is a file; point SRC at a LLaVA-Med / ExGra-Med checkpoint directory")
     if not source.is_dir():
         raise ExgraError(f"checkpoint directory not found: {source}")
+    check_output_dir(destination, overwrite)
     config_path = source / "config.json"
     if not config_path.is_file():
         raise ExgraError(
             f"{source} has no config.json; point SRC at a LLaVA-Med / ExGra-Med checkpoint directory"
         )
-    if destination.exists() and not overwrite:
-        raise ExgraError(f"{destination} already exists; choose another destination or pass --overwrite")
     try:
         legacy = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import difflib
 import json
-import os
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from transformers import (
 from exgra.config import validate_config
 from exgra.data.templates import ConversationTemplate, get_template, image_token_string
 from exgra.errors import ConfigError, ExgraError
+from exgra.io import staged_output_dir
 from exgra.models.config import ModelConfig
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaConfig, ExgraLlavaForConditionalGeneration, VisionProjector
@@ -241,37 +240,25 @@ class ModelBundle:
         """Write weights (safetensors), config, tokenizer, image processor and ``exgra_model.yaml``.
 
         The directory is written under a temporary name and renamed, so a crash never leaves a
-        half-written checkpoint; an existing ``path`` is refused unless ``overwrite``.
+        half-written checkpoint; an existing non-empty ``path`` is refused unless ``overwrite``.
         """
+        with staged_output_dir(path, overwrite) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            if type(self.model.config) is LlavaConfig:
+                # A plain llava checkpoint: name the stock class so any transformers pipeline picks it up.
+                config_path = tmp / "config.json"
+                data = json.loads(config_path.read_text(encoding="utf-8"))
+                data["architectures"] = ["LlavaForConditionalGeneration"]
+                config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            self.tokenizer.save_pretrained(tmp)
+            self.image_processor.save_pretrained(tmp)
+            saved = self.config.model_copy(
+                update={"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
+            )
+            (tmp / EXGRA_CONFIG_FILE).write_text(
+                yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+            )
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ExgraError(f"{path} already exists; choose another directory or pass overwrite")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.model.save_pretrained(tmp, safe_serialization=True)
-        if type(self.model.config) is LlavaConfig:
-            # A plain llava checkpoint: name the stock class so any transformers pipeline picks it up.
-            config_path = tmp / "config.json"
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-            data["architectures"] = ["LlavaForConditionalGeneration"]
-            config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        self.tokenizer.save_pretrained(tmp)
-        self.image_processor.save_pretrained(tmp)
-        saved = self.config.model_copy(
-            update={"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
-        )
-        (tmp / EXGRA_CONFIG_FILE).write_text(
-            yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-        )
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            tmp.rename(path)
         return path
 
 

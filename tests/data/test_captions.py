@@ -230,3 +230,23 @@ def test_kill_9_and_resume_loses_and_duplicates_nothing(workdir):
     assert server.requests - requests_before <= (n + 1) - killed_entries
     indices = [json.loads(x)["index"] for x in journal.read_text().splitlines()[1:]]
     assert len(indices) == len(set(indices)) == n
+
+
+def test_missing_key_leaves_no_journal_and_outputs_are_checked_first(workdir, run_exgra, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    source = write_input(workdir, 3)
+    out = workdir / "o.json"
+    result = run_exgra("extend-captions", source, "-o", out, "--no-progress")
+    assert result.exit_code == 1 and "OPENAI_API_KEY" in result.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["input.json"]  # no stale journal to trip --resume
+    out.write_text("[]")
+    for output, message in ((out, "already exists"), (workdir, "is a folder"), (out / "x.json", "is a file")):
+        result = run_exgra("extend-captions", source, "-o", output, "--dry-run")
+        assert (
+            result.exit_code == 1
+            and message in " ".join(result.stderr.split())
+            and "Traceback" not in result.stderr
+        )
+    result = run_exgra("extend-captions", workdir / "missing.json", "-o", workdir / "new.json", "--dry-run")
+    assert result.exit_code == 1 and "input file not found" in " ".join(result.stderr.split())
+    assert out.read_text() == "[]"

@@ -134,9 +134,30 @@ def test_offline_mode_is_explained(hub, tmp_path, run_exgra, monkeypatch):
     assert result.exit_code == 1 and "offline mode" in result.stderr
 
 
-def test_disk_error_is_one_line(hub, tmp_path, run_exgra):
+def test_disk_error_is_one_error(hub, tmp_path):
+    # The CLI refuses a file as --output up front; the library turns the OSError into one sentence.
     hub.add_repo("MERGE-Group/exgra-med", {"config.json": b"{}"})
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_exgra("download", "exgra-med", "--dir", blocker)
-    assert result.exit_code == 1 and "cannot write exgra-med" in result.stderr
+    with pytest.raises(ExgraError, match="cannot write exgra-med"):
+        download("exgra-med", blocker)
+
+
+def test_list_is_readable_at_80_columns_and_output_must_be_a_folder(tmp_path, run_exgra) -> None:
+    import io
+
+    from rich.console import Console
+
+    from exgra.cli.download import registry_table
+
+    for width in (80, 120):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(registry_table())
+        text = console.file.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= width
+        for entry in REGISTRY.values():
+            assert f"│ {entry.name} " in text  # every name whole on one line, ready to copy
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_exgra("download", "vqa-rad", "--output", blocker)
+    assert result.exit_code == 1 and one_error_line(result.stderr) and "is a file" in result.stderr

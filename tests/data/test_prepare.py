@@ -226,3 +226,14 @@ def test_cli_prepare_demo(run_exgra, tmp_path):
     )
     assert result.exit_code == 0, result.stderr
     assert len(load_vqa_records(tmp_path / "demo" / "train.json")) == 14
+
+
+def test_prepare_cli_output_in_a_file_is_one_error_line(tmp_path: Path, run_exgra) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    for output in (blocker, blocker / "demo"):
+        result = run_exgra("prepare", "demo", "-o", output, "--num-samples", "10")
+        assert result.exit_code == 1 and "Traceback" not in result.stderr
+        assert "is a file" in result.stderr and result.stderr.count("error:") == 1
+    assert blocker.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no staging folder left

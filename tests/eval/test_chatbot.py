@@ -154,3 +154,33 @@ def test_mismatched_answers_fail_with_one_line(files, tmp_path, run_exgra):
     result = run_exgra("eval", "chatbot", "--questions", q, "--answers", a, "-o", tmp_path / "r.jsonl")
     assert result.exit_code == 1 and "2 questions have no answer" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_key_loses_no_reviews_and_outputs_are_checked_first(files, tmp_path, run_exgra, monkeypatch):
+    q, a = files
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text('{"question_id": 0, "scores": [8, 8]}\n')
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    base = ["eval", "chatbot", "--questions", q, "--answers", a, "--no-progress"]
+    result = run_exgra(*base, "-o", reviews, "--overwrite")
+    assert result.exit_code == 1 and "OPENAI_API_KEY" in result.stderr
+    # --overwrite must not truncate the earlier reviews before the run can actually start
+    assert reviews.read_text() == '{"question_id": 0, "scores": [8, 8]}\n'
+    for output, message in ((tmp_path, "is a folder"), (reviews / "x.jsonl", "is a file, not a folder")):
+        result = run_exgra(*base, "-o", output)
+        assert (
+            result.exit_code == 1
+            and message in " ".join(result.stderr.split())
+            and "Traceback" not in result.stderr
+        )
+    (tmp_path / "r.summary.json").write_text("{}")
+    result = run_exgra(*base, "-o", tmp_path / "r.jsonl")
+    assert result.exit_code == 1 and "r.summary.json already exists" in " ".join(result.stderr.split())
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    result = run_exgra("eval", "chatbot", "--questions", q, "--answers", empty, "-o", tmp_path / "n.jsonl")
+    assert (
+        result.exit_code == 1
+        and "answers file" in result.stderr
+        and "is empty" in " ".join(result.stderr.split())
+    )

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,28 @@ def test_cli_score_errors_and_partial(run_exgra, tmp_path: Path) -> None:
     assert partial.exit_code == 0 and "left out 1" in partial.stderr
     unknown = run_exgra("score", "--gt", gt_path, "--pred", pred_path, "--scorer", "bogus")
     assert unknown.exit_code == 1 and "Unknown scorer" in unknown.stderr
+
+
+def _one_error_line(stderr: str) -> bool:
+    return "Traceback" not in stderr and sum(line.startswith("error:") for line in stderr.splitlines()) == 1
+
+
+def test_cli_input_and_output_mistakes(tmp_path: Path, files: tuple[Path, Path], run_exgra) -> None:
+    gt, pred = files
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    cases = {
+        "is a folder": ["--gt", tmp_path, "--pred", pred],
+        "prediction file .*empty.jsonl is empty": ["--gt", gt, "--pred", empty],
+        "output .* is a folder": ["--gt", gt, "--pred", pred, "-o", tmp_path],
+        "a-file is a file, not a folder": ["--gt", gt, "--pred", pred, "-o", blocker / "m.json"],
+        "must be different files": ["--gt", gt, "--pred", pred, "-o", "m.json", "--per-item", "./m.json"],
+    }
+    for message, args in cases.items():
+        result = run_exgra("score", *args)
+        assert result.exit_code == 1, (message, result.stderr)
+        # rich wraps long lines of the one error message; compare the words
+        assert _one_error_line(result.stderr) and re.search(message, " ".join(result.stderr.split()))
+    assert blocker.read_text() == "keep me" and not Path("m.json").exists()

@@ -191,6 +191,12 @@ def test_convert_cli_errors(tmp_path, run_exgra):
     no_config = run_exgra("convert", empty, tmp_path / "out")
     assert no_config.exit_code == 1 and "no config.json" in no_config.stderr
     assert "Traceback" not in no_config.stderr
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for args, message in (([a_file, tmp_path / "out"], "is a file"), ([empty, a_file / "out"], "is a file")):
+        result = run_exgra("convert", *args)
+        assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
     source, tower_dir, *_ = _write_legacy(tmp_path, "none", "safetensors")
     existing = tmp_path / "existing"
@@ -220,3 +226,23 @@ def test_models_command_lists_registry(run_exgra):
     for name in ("tiny", "tiny-dci", "small", "llava-med-7b", "exgra-med-7b-dci"):
         assert name in result.stdout
     assert "dci" in result.stdout and "mlp2x_gelu" in result.stdout
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_models_table_is_readable(width):
+    import io
+
+    from rich.console import Console
+
+    from exgra.cli.models import models_table
+    from exgra.models import list_models
+
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(models_table())
+    lines = console.file.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    for spec in list_models():
+        assert f"│ {spec.name} " in "\n".join(lines)  # names and sizes are never cut
+        assert spec.parameters in "\n".join(lines)
+    # The old 8-column table wrapped the description one word per line (~70 lines at 80 columns).
+    assert len(lines) <= (40 if width == 80 else 25)

@@ -226,8 +226,10 @@ def test_save_load_round_trip_dci(tiny_dci, tmp_path):
 def test_save_refuses_existing_and_load_rejects_bad_input(tiny, tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()
+    (target / "notes.txt").write_text("user data")
     with pytest.raises(ExgraError, match="already exists"):
         tiny.save(target)
+    assert (target / "notes.txt").read_text() == "user data"
     tiny.save(target, overwrite=True)
     assert (target / "model.safetensors").is_file()
     assert not list(tmp_path.glob(".ckpt*"))  # no temporary directory left behind
