@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from exgra.alignment.solver import solve_matching
+from exgra.alignment.solver import _resolve, _solve_and_keep
 
 __all__ = ["BlackboxMatching", "blackbox_matching"]
 
@@ -39,17 +39,19 @@ class BlackboxMatching(torch.autograd.Function):
         lambda_val: float,
         gradient_norm: float | None,
     ) -> Tensor:
-        matching = solve_matching(unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right)
-        ctx.save_for_backward(
-            unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right, matching
+        matching, problem = _solve_and_keep(
+            unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right
         )
+        ctx.save_for_backward(unary_costs.detach(), matching)
+        # The backward re-solves the same graphs with other unary costs: keep the solver's set-up.
+        ctx.problem = problem
         ctx.lambda_val = lambda_val
         ctx.gradient_norm = gradient_norm
         return matching
 
     @staticmethod
     def backward(ctx: Any, grad_matching: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        unary, quadratic, edges_left, edges_right, matching = ctx.saved_tensors
+        unary, matching = ctx.saved_tensors
         grad = grad_matching.detach().float()
         factor = 1.0
         if ctx.gradient_norm is not None:
@@ -59,9 +61,9 @@ class BlackboxMatching(torch.autograd.Function):
             factor = magnitude / ctx.gradient_norm
             grad = grad / factor
         lambda_val = ctx.lambda_val + 1e-8
-        perturbed = solve_matching(
-            unary.float() + lambda_val * grad, quadratic.float(), edges_left, edges_right, warm_start=matching
-        )
+        if ctx.problem is None:  # an empty problem: the matching cannot change
+            return torch.zeros_like(unary), None, None, None, None, None
+        perturbed = _resolve(ctx.problem, unary.float() + lambda_val * grad, warm_start=matching)
         grad_unary = -(matching.float() - perturbed) / lambda_val * factor
         return grad_unary.to(unary.dtype), None, None, None, None, None
 

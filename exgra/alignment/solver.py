@@ -24,6 +24,8 @@ randomness, so the output is a deterministic function of the input.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -107,6 +109,7 @@ class _Problem:
         valid2 = (src2 >= 0) & (dst2 >= 0)
         loop1 = valid1 & (src1 == dst1)
         loop2 = valid2 & (src2 == dst2)
+        unary_input = unary
         unary = unary.clone()
         if bool((loop1.any(1) & loop2.any(1)).any()):
             # x_ik·x_ik = x_ik: a loop-to-loop term is a unary cost; any other term with a loop is
@@ -114,6 +117,7 @@ class _Problem:
             rows = torch.nn.functional.one_hot(src1.clamp(min=0), n1).float() * loop1[..., None]
             cols = torch.nn.functional.one_hot(src2.clamp(min=0), n2).float() * loop2[..., None]
             unary += rows.transpose(1, 2) @ quadratic @ cols
+        self.loop_unary = unary - unary_input
         keep1 = valid1 & ~loop1
         keep2 = valid2 & ~loop2
         quadratic = quadratic * keep1[:, :, None] * keep2[:, None, :]
@@ -192,6 +196,17 @@ class _Problem:
         pair_edges = self.edge_lookup.gather(1, pair_keys.view(problems, -1)).view(problems, starts, 2, e1)
         pair_values = self.quadratic_flat.gather(1, (pair_edges + self.edge_offset).view(problems, -1))
         return linear, pair_values.view(problems, starts, 2, e1), partner_col
+
+    def with_unary(self, unary: Tensor) -> _Problem:
+        """The same problem with other unary costs ``[P, n1, n2]`` (loop terms folded in again)."""
+        if unary.shape != (self.problems, self.n1, self.n2):
+            raise ValueError(f"unary_costs must have shape {[self.problems, self.n1, self.n2]}")
+        other = copy.copy(self)
+        unary = unary.detach().float().to(self.unary.device) + self.loop_unary
+        other.unary = torch.cat([unary, unary.new_zeros(self.problems, self.n1, 1)], dim=2).reshape(
+            self.problems, -1
+        )
+        return other
 
     def unary_matrix(self) -> Tensor:
         """Unary costs ``[P, n1, n2]`` (without the dummy column)."""
@@ -319,8 +334,8 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
 
 
 def _best_of(sigma: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-    """The best of several matchings per problem: ``sigma [P, S, n1]``, ``value [P, S]`` -> ``[P, n1]``, ``[P]``.
-    Ties go to the lowest start index."""
+    """Best matching per problem: ``sigma [P, S, n1]``, ``value [P, S]`` -> ``[P, n1]``, ``[P]`` (ties: the
+    lowest start index)."""
     best_value, best = value.min(1)
     return sigma.gather(1, best[:, None, None].expand(-1, 1, sigma.shape[2])).squeeze(1), best_value
 
@@ -343,7 +358,6 @@ def _perturbation_rounds(problem: _Problem, sigma: Tensor, value: Tensor, tolera
     return sigma
 
 
-@torch.no_grad()
 def solve_matching(
     unary_costs: Tensor,
     quadratic_costs: Tensor,
@@ -365,30 +379,67 @@ def solve_matching(
         A 0/1 matching with the dtype and device of ``unary_costs``, ``[n1, n2]`` or ``[P, n1, n2]``;
         every row and column holds at most one 1. Deterministic for a given input.
     """
-    unary, quadratic, left, right, batched = _as_batch(unary_costs, quadratic_costs, edges_left, edges_right)
-    if not (torch.isfinite(unary).all() and torch.isfinite(quadratic).all()):
-        raise ValueError("unary_costs and quadratic_costs must be finite (no NaN or inf)")
-    problems, n1, n2 = unary.shape
-    if n1 == 0 or n2 == 0:
-        return unary_costs.new_zeros(unary_costs.shape)
-    problem = _Problem(unary, quadratic, left, right)
+    return _solve_and_keep(unary_costs, quadratic_costs, edges_left, edges_right, warm_start)[0]
+
+
+def _solve_and_keep(
+    unary_costs: Tensor,
+    quadratic_costs: Tensor,
+    edges_left: Tensor,
+    edges_right: Tensor,
+    warm_start: Tensor | None = None,
+) -> tuple[Tensor, _Problem | None]:
+    """:func:`solve_matching` that also returns the internal problem, so that a re-solve with other unary
+    costs (the blackbox backward) can skip the set-up (``None`` for an empty problem)."""
+    # inference_mode skips autograd bookkeeping on the solver's many tiny ops (~20 % at n = 16); the
+    # result is cloned outside it so that it is an ordinary tensor again.
+    with torch.inference_mode():
+        unary, quadratic, left, right, batched = _as_batch(
+            unary_costs, quadratic_costs, edges_left, edges_right
+        )
+        if not (torch.isfinite(unary).all() and torch.isfinite(quadratic).all()):
+            raise ValueError("unary_costs and quadratic_costs must be finite (no NaN or inf)")
+        problem = None
+        if unary.shape[1] == 0 or unary.shape[2] == 0:
+            matching = unary.new_zeros(unary.shape)
+        else:
+            problem = _Problem(unary, quadratic, left, right)
+            matching = _solve(problem, warm_start, unary_costs.dtype)
+    matching = matching.clone()
+    return (matching if batched else matching[0]), problem
+
+
+def _resolve(problem: _Problem, unary_costs: Tensor, warm_start: Tensor | None = None) -> Tensor:
+    """Solve ``problem`` again with other unary costs (same shape as the original ``unary_costs``)."""
+    with torch.inference_mode():
+        unary = unary_costs[None] if unary_costs.dim() == 2 else unary_costs
+        if not bool(torch.isfinite(unary).all()):
+            raise ValueError("unary_costs must be finite (no NaN or inf)")
+        matching = _solve(problem.with_unary(unary), warm_start, unary_costs.dtype)
+    matching = matching.clone()
+    return matching if unary_costs.dim() == 3 else matching[0]
+
+
+def _solve(problem: _Problem, warm_start: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Starts, local search and perturbation rounds; returns the 0/1 matching ``[P, n1, n2]``."""
+    problems, n1, n2 = problem.problems, problem.n1, problem.n2
+    device = problem.unary.device
     scale = float(problem.unary.abs().amax()) + float(problem.quadratic_flat.abs().sum(1).amax())
     tolerance = 1e-6 * max(scale, 1.0)
     starts = [_greedy_rounding(torch.stack([problem.unary_matrix(), problem.uniform_linearisation()], 1), n2)]
     if warm_start is not None:
-        warm = warm_start.to(unary.device)
+        warm = warm_start.to(device)
         warm = warm[None] if warm.dim() == 2 else warm
-        if warm.shape != unary.shape:
-            raise ValueError(f"warm_start must have the shape of unary_costs {list(unary.shape)}")
+        if warm.shape != (problems, n1, n2):
+            raise ValueError(f"warm_start must have the shape of unary_costs {[problems, n1, n2]}")
         has = warm.amax(2) > 0.5
         starts.append(torch.where(has, warm.argmax(2), n2)[:, None, :])
     sigma = _local_search(problem, torch.cat(starts, dim=1), tolerance)
     sigma, value = _best_of(sigma, problem.objective(sigma))
     sigma = _perturbation_rounds(problem, sigma, value, tolerance)
-    matching = torch.zeros(problems, n1, n2 + 1, dtype=unary_costs.dtype, device=unary.device)
+    matching = torch.zeros(problems, n1, n2 + 1, dtype=dtype, device=device)
     matching.scatter_(2, sigma[..., None], 1.0)
-    matching = matching[..., :n2]
-    return matching if batched else matching[0]
+    return matching[..., :n2]
 
 
 def matching_objective(
