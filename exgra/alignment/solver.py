@@ -176,6 +176,10 @@ class _Problem:
         self.src, self.dst, self.keep = src1, dst1, keep1
         self.right_src, self.right_dst = src2, dst2
         self.pair_index = src1 * n1 + dst1
+        adjacent = torch.zeros(problems, n1 * n1, dtype=torch.bool, device=device)
+        adjacent.scatter_(1, torch.where(keep1, self.pair_index, 0), keep1)
+        adjacent = adjacent.view(problems, n1, n1)
+        self.adjacent = adjacent | adjacent.transpose(1, 2)
 
     def terms(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For matchings ``sigma [P, S, n1]``: ``h = C + (A + Aᵀ)x`` ``[P, S, n1, W]`` and, per E1 edge,
@@ -278,6 +282,7 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
     nb_to = nb_to[:, None, :].expand(-1, starts, -1)
     pair_index = problem.pair_index[:, None, None, :].expand(-1, starts, 2, -1)
     unmatched_bucket = width + rows
+    shift_mask = (problem.adjacent | eye)[:, None]
     # On a GPU every convergence check is a device sync; there a few wasted iterations are cheaper.
     check_every = 1 if sigma.device.type == "cpu" else 4
     for iteration in range(_MAX_ITERATIONS_FACTOR * (n1 + 4)):
@@ -298,8 +303,14 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         # exchanged image, a steal (j becomes unmatched) none.
         swap = (base + at_other.transpose(2, 3) + images[:, :, 0] + images[:, :, 1]).masked_fill_(eye, inf)
         steal = (base + images[:, :, 0]).masked_fill_(eye | (sigma == n2)[:, :, None, :], inf)
-        pair_delta, pair_choice = torch.cat([swap, steal], dim=3).min(3)
+        # Shift (an augmenting step): i takes σ(j) and j moves to its best free column (or unmatched);
+        # exact for non-adjacent i, j, where j's options do not depend on i.
+        shift = (at_other - current[..., :, None] + single_delta[..., None, :]).masked_fill_(
+            shift_mask | (sigma == n2)[:, :, None, :], inf
+        )
+        pair_delta, pair_choice = torch.cat([swap, steal, shift], dim=3).min(3)
         partner = pair_choice % n1
+        kind = pair_choice // n1
         use_pair = pair_delta < single_delta
         delta = torch.where(use_pair, pair_delta, single_delta)
         candidate = delta < -tolerance
@@ -308,8 +319,10 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         partner = torch.where(use_pair, partner, rows)
         partner_col = sigma.gather(2, partner)
         new_col = torch.where(use_pair, partner_col, single_col)
-        partner_new = torch.where(pair_choice >= n1, n2, sigma)
+        partner_free = single_col.gather(2, partner)
+        partner_new = torch.where(kind == 0, sigma, torch.where(kind == 1, n2, partner_free))
         partner_new = torch.where(use_pair, partner_new, single_col)
+        target = torch.where(use_pair, torch.where(kind == 2, partner_free, n2), single_col)
         # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
         rank = delta.masked_fill(~candidate, inf).argsort(dim=2, stable=True).argsort(dim=2)
         rank = torch.where(candidate, rank, n1)
@@ -317,7 +330,7 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         claim.scatter_reduce_(2, partner, rank, "amin")
         claim[..., :n1] = torch.minimum(claim[..., :n1], rank)
         nearby = claim.scatter_reduce(2, nb_to, claim.gather(2, nb_from), "amin")
-        bucket = torch.where(use_pair | (single_col == n2), unmatched_bucket, single_col)
+        bucket = torch.where(target == n2, unmatched_bucket, target)
         column_best = rank.new_full((problems, starts, width + n1), n1)
         column_best.scatter_reduce_(2, bucket, rank, "amin")
         accept = (
@@ -340,6 +353,22 @@ def _best_of(sigma: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     return sigma.gather(1, best[:, None, None].expand(-1, 1, sigma.shape[2])).squeeze(1), best_value
 
 
+def _perturb(sigma: Tensor, copies: int, n2: int, generator: torch.Generator) -> Tensor:
+    """``copies`` perturbed versions ``[P, copies, n1]`` of ``sigma [P, n1]``: a random subset of rows
+    (fraction ``_DROP_FRACTION``) takes the columns of a random permutation; rows whose new column is held
+    by a row outside the subset become unmatched, so every copy stays injective."""
+    problems, n1 = sigma.shape
+    order = torch.rand(copies, max(n1, n2), generator=generator).argsort(1)[:, :n1]
+    order = torch.where(order < n2, order, n2).to(sigma.device)
+    chosen = (torch.rand(copies, n1, generator=generator) < _DROP_FRACTION).to(sigma.device)
+    kept = torch.where(chosen, n2, sigma[:, None, :])  # [P, copies, n1]
+    held = torch.zeros(problems, copies, n2 + 1, dtype=torch.bool, device=sigma.device)
+    held.scatter_(2, kept, True)
+    held[..., n2] = False
+    conflict = held.gather(2, order.expand(problems, -1, -1))
+    return torch.where(chosen, torch.where(conflict, n2, order), kept)
+
+
 def _perturbation_rounds(problem: _Problem, sigma: Tensor, value: Tensor, tolerance: float) -> Tensor:
     """Iterated local search: restart from perturbed copies of the incumbent ``sigma [P, n1]`` (objective
     ``value [P]``) and keep a result only where it is better. The perturbations come from a fixed seed, so
@@ -348,8 +377,7 @@ def _perturbation_rounds(problem: _Problem, sigma: Tensor, value: Tensor, tolera
     rounds, copies = _PERTURBATION_SCHEDULE(n1)
     generator = torch.Generator().manual_seed(0)
     for _ in range(rounds):
-        drop = (torch.rand(copies, n1, generator=generator) < _DROP_FRACTION).to(sigma.device)
-        starts = torch.where(drop, problem.n2, sigma[:, None, :])
+        starts = _perturb(sigma, copies, problem.n2, generator)
         starts = _local_search(problem, starts, tolerance)
         candidate, candidate_value = _best_of(starts, problem.objective(starts))
         better = candidate_value < value - tolerance
