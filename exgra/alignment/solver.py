@@ -8,18 +8,16 @@ unmatched nodes cost nothing) minimising
 
 Algorithm: a vectorised best-improvement local search over a matching ``σ`` (row → column, or the
 dummy column ``n2`` for "unmatched"). The quadratic part is ``xᵀAx`` with a sparse ``A``; its linear
-term ``g = (A + Aᵀ)x`` is computed from the edge incidences only (``E1 × n2`` lookups, never the dense
-``(n1·n2)²`` matrix), and with it the exact objective change of every move:
+term ``g = (A + Aᵀ)x`` is computed from CSR-like incidence lists of the right graph (each left edge reads
+only the right edges at its partner's column), and with it the exact objective change of every move:
+move a row to a free column or to the dummy, swap the columns of two rows, or let one row take another's
+column (the other becomes unmatched). Every row proposes its best move; proposals that rank first among
+all proposals touching their rows or those rows' E1-neighbours (and among those wanting the same free
+column) are applied together, since their changes add up exactly.
 
-* move one node to a free column or to the dummy (all ``n1 × (n2 + 1)`` at once; non-conflicting
-  improving moves, i.e. on nodes that are not E1-neighbours and target different columns, are applied
-  together because their changes add up exactly),
-* swap the columns of two nodes, or let one node take another's column (the other becomes unmatched)
-  (all ``n1²`` pairs at once, with the pairwise edge correction).
-
-Several deterministic starts (greedy on the unary costs, greedy on a linearisation at the
-uniform matching, optionally a warm start) run as one batch; the best local optimum wins. No
-randomness, so the output is a deterministic function of the input.
+Several deterministic starts (greedy on the unary costs, greedy on a linearisation at the uniform
+matching, optionally a warm start) run as one batch; the best local optimum wins. No randomness, so the
+output is a deterministic function of the input.
 """
 
 from __future__ import annotations
@@ -32,11 +30,6 @@ from torch import Tensor
 __all__ = ["matching_objective", "solve_matching"]
 
 _MAX_ITERATIONS_FACTOR = 8
-_DROP_FRACTION = 0.2
-
-
-def _PERTURBATION_SCHEDULE(n1: int) -> tuple[int, int]:
-    return (0, 0)
 
 
 def _as_batch(
@@ -176,10 +169,6 @@ class _Problem:
         self.src, self.dst, self.keep = src1, dst1, keep1
         self.right_src, self.right_dst = src2, dst2
         self.pair_index = src1 * n1 + dst1
-        adjacent = torch.zeros(problems, n1 * n1, dtype=torch.bool, device=device)
-        adjacent.scatter_(1, torch.where(keep1, self.pair_index, 0), keep1)
-        adjacent = adjacent.view(problems, n1, n1)
-        self.adjacent = adjacent | adjacent.transpose(1, 2)
 
     def terms(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For matchings ``sigma [P, S, n1]``: ``h = C + (A + Aᵀ)x`` ``[P, S, n1, W]`` and, per E1 edge,
@@ -229,10 +218,15 @@ class _Problem:
 
     def objective(self, sigma: Tensor) -> Tensor:
         """Objective of matchings ``sigma [P, S, n1]`` -> ``[P, S]``."""
-        _, pair_values, _ = self.terms(sigma)
-        index = sigma + torch.arange(self.n1, device=sigma.device) * self.width
-        unary = self.unary.gather(1, index.view(self.problems, -1)).view(sigma.shape)
-        return unary.sum(2) + pair_values[:, :, 0].sum(2)
+        problems, starts, n1 = sigma.shape
+        index = sigma + torch.arange(n1, device=sigma.device) * self.width
+        unary = self.unary.gather(1, index.view(problems, -1)).view(problems, starts, n1).sum(2)
+        col_src = sigma.gather(2, self.src[:, None, :].expand(-1, starts, -1))
+        col_dst = sigma.gather(2, self.dst[:, None, :].expand(-1, starts, -1))
+        edges = self.edge_lookup.gather(1, (col_src * self.width + col_dst).view(problems, -1))
+        edges = edges.view(problems, starts, self.e1) + self.edge_offset
+        pairs = self.quadratic_flat.gather(1, edges.view(problems, -1)).view(problems, starts, self.e1)
+        return unary + pairs.sum(2)
 
     def neighbour_pairs(self) -> tuple[Tensor, Tensor]:
         """Both directions of every kept E1 edge, invalid ones pointing at a spare slot ``n1``."""
@@ -282,7 +276,6 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
     nb_to = nb_to[:, None, :].expand(-1, starts, -1)
     pair_index = problem.pair_index[:, None, None, :].expand(-1, starts, 2, -1)
     unmatched_bucket = width + rows
-    shift_mask = (problem.adjacent | eye)[:, None]
     # On a GPU every convergence check is a device sync; there a few wasted iterations are cheaper.
     check_every = 1 if sigma.device.type == "cpu" else 4
     for iteration in range(_MAX_ITERATIONS_FACTOR * (n1 + 4)):
@@ -303,14 +296,8 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         # exchanged image, a steal (j becomes unmatched) none.
         swap = (base + at_other.transpose(2, 3) + images[:, :, 0] + images[:, :, 1]).masked_fill_(eye, inf)
         steal = (base + images[:, :, 0]).masked_fill_(eye | (sigma == n2)[:, :, None, :], inf)
-        # Shift (an augmenting step): i takes σ(j) and j moves to its best free column (or unmatched);
-        # exact for non-adjacent i, j, where j's options do not depend on i.
-        shift = (at_other - current[..., :, None] + single_delta[..., None, :]).masked_fill_(
-            shift_mask | (sigma == n2)[:, :, None, :], inf
-        )
-        pair_delta, pair_choice = torch.cat([swap, steal, shift], dim=3).min(3)
+        pair_delta, pair_choice = torch.cat([swap, steal], dim=3).min(3)
         partner = pair_choice % n1
-        kind = pair_choice // n1
         use_pair = pair_delta < single_delta
         delta = torch.where(use_pair, pair_delta, single_delta)
         candidate = delta < -tolerance
@@ -319,10 +306,8 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         partner = torch.where(use_pair, partner, rows)
         partner_col = sigma.gather(2, partner)
         new_col = torch.where(use_pair, partner_col, single_col)
-        partner_free = single_col.gather(2, partner)
-        partner_new = torch.where(kind == 0, sigma, torch.where(kind == 1, n2, partner_free))
+        partner_new = torch.where(pair_choice < n1, sigma, n2)  # swap: i's column; steal: unmatched
         partner_new = torch.where(use_pair, partner_new, single_col)
-        target = torch.where(use_pair, torch.where(kind == 2, partner_free, n2), single_col)
         # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
         rank = delta.masked_fill(~candidate, inf).argsort(dim=2, stable=True).argsort(dim=2)
         rank = torch.where(candidate, rank, n1)
@@ -330,7 +315,7 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         claim.scatter_reduce_(2, partner, rank, "amin")
         claim[..., :n1] = torch.minimum(claim[..., :n1], rank)
         nearby = claim.scatter_reduce(2, nb_to, claim.gather(2, nb_from), "amin")
-        bucket = torch.where(target == n2, unmatched_bucket, target)
+        bucket = torch.where(use_pair | (single_col == n2), unmatched_bucket, single_col)
         column_best = rank.new_full((problems, starts, width + n1), n1)
         column_best.scatter_reduce_(2, bucket, rank, "amin")
         accept = (
@@ -351,39 +336,6 @@ def _best_of(sigma: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     lowest start index)."""
     best_value, best = value.min(1)
     return sigma.gather(1, best[:, None, None].expand(-1, 1, sigma.shape[2])).squeeze(1), best_value
-
-
-def _perturb(sigma: Tensor, copies: int, n2: int, generator: torch.Generator) -> Tensor:
-    """``copies`` perturbed versions ``[P, copies, n1]`` of ``sigma [P, n1]``: a random subset of rows
-    (fraction ``_DROP_FRACTION``) takes the columns of a random permutation; rows whose new column is held
-    by a row outside the subset become unmatched, so every copy stays injective."""
-    problems, n1 = sigma.shape
-    order = torch.rand(copies, max(n1, n2), generator=generator).argsort(1)[:, :n1]
-    order = torch.where(order < n2, order, n2).to(sigma.device)
-    chosen = (torch.rand(copies, n1, generator=generator) < _DROP_FRACTION).to(sigma.device)
-    kept = torch.where(chosen, n2, sigma[:, None, :])  # [P, copies, n1]
-    held = torch.zeros(problems, copies, n2 + 1, dtype=torch.bool, device=sigma.device)
-    held.scatter_(2, kept, True)
-    held[..., n2] = False
-    conflict = held.gather(2, order.expand(problems, -1, -1))
-    return torch.where(chosen, torch.where(conflict, n2, order), kept)
-
-
-def _perturbation_rounds(problem: _Problem, sigma: Tensor, value: Tensor, tolerance: float) -> Tensor:
-    """Iterated local search: restart from perturbed copies of the incumbent ``sigma [P, n1]`` (objective
-    ``value [P]``) and keep a result only where it is better. The perturbations come from a fixed seed, so
-    the output stays a deterministic function of the input."""
-    problems, n1 = sigma.shape
-    rounds, copies = _PERTURBATION_SCHEDULE(n1)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(rounds):
-        starts = _perturb(sigma, copies, problem.n2, generator)
-        starts = _local_search(problem, starts, tolerance)
-        candidate, candidate_value = _best_of(starts, problem.objective(starts))
-        better = candidate_value < value - tolerance
-        sigma = torch.where(better[:, None], candidate, sigma)
-        value = torch.where(better, candidate_value, value)
-    return sigma
 
 
 def solve_matching(
@@ -449,7 +401,7 @@ def _resolve(problem: _Problem, unary_costs: Tensor, warm_start: Tensor | None =
 
 
 def _solve(problem: _Problem, warm_start: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """Starts, local search and perturbation rounds; returns the 0/1 matching ``[P, n1, n2]``."""
+    """Starts and local search; returns the 0/1 matching ``[P, n1, n2]``."""
     problems, n1, n2 = problem.problems, problem.n1, problem.n2
     device = problem.unary.device
     scale = float(problem.unary.abs().amax()) + float(problem.quadratic_flat.abs().sum(1).amax())
@@ -463,8 +415,7 @@ def _solve(problem: _Problem, warm_start: Tensor | None, dtype: torch.dtype) -> 
         has = warm.amax(2) > 0.5
         starts.append(torch.where(has, warm.argmax(2), n2)[:, None, :])
     sigma = _local_search(problem, torch.cat(starts, dim=1), tolerance)
-    sigma, value = _best_of(sigma, problem.objective(sigma))
-    sigma = _perturbation_rounds(problem, sigma, value, tolerance)
+    sigma, _ = _best_of(sigma, problem.objective(sigma))
     matching = torch.zeros(problems, n1, n2 + 1, dtype=dtype, device=device)
     matching.scatter_(2, sigma[..., None], 1.0)
     return matching[..., :n2]

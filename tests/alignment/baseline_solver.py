@@ -1,4 +1,7 @@
-"""Partial graph matching (the problem LPMP solves in the reference), in plain batched torch.
+"""Frozen copy of the previous ``exgra.alignment.solver`` (before the CSR rewrite), kept as an independent
+baseline for ``bench/alignment.py`` and the tests: do not optimise it.
+
+Partial graph matching (the problem LPMP solves in the reference), in plain batched torch.
 
 Problem (REFERENCE §2.7): given unary costs ``C [n1, n2]``, quadratic costs ``Q [E1, E2]`` and the two
 edge lists, find a partial injective matching ``x`` (every row and every column matched at most once;
