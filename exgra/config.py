@@ -23,6 +23,7 @@ __all__ = [
     "apply_overrides",
     "dump_config",
     "load_config",
+    "merge_dicts",
     "parse_overrides",
     "read_yaml",
 ]
@@ -78,11 +79,12 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (nested mappings merge, other values replace)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -126,7 +128,7 @@ def validate_config(model_cls: type[SectionT], data: Mapping[str, Any], source: 
 
 def apply_overrides(config: SectionT, overrides: Iterable[str]) -> SectionT:
     """Return a copy of ``config`` with ``key.sub=value`` overrides applied and re-validated."""
-    data = _merge(config.model_dump(mode="json"), parse_overrides(overrides))
+    data = merge_dicts(config.model_dump(mode="json"), parse_overrides(overrides))
     return validate_config(type(config), data, "command-line overrides")
 
 
@@ -140,11 +142,11 @@ def load_config(
     data: dict[str, Any] = dict(base or {})
     source = "defaults"
     if path is not None:
-        data = _merge(data, read_yaml(path))
+        data = merge_dicts(data, read_yaml(path))
         source = str(path)
     overrides = list(overrides)
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = merge_dicts(data, parse_overrides(overrides))
         source = f"{source} with overrides {' '.join(overrides)}"
     return validate_config(model_cls, data, source)
 

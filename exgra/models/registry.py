@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from exgra.config import validate_config
+from exgra.config import merge_dicts, validate_config
 from exgra.data.templates import ConversationTemplate, get_template, image_token_string
 from exgra.errors import ConfigError, ExgraError
 from exgra.io import staged_output_dir
@@ -80,7 +80,7 @@ class ModelSpec:
 
     def config(self, **overrides: Any) -> ModelConfig:
         """The entry's :class:`ModelConfig` with ``overrides`` (nested dicts are merged)."""
-        data = _merge({"name": self.name, **self.defaults}, overrides)
+        data = merge_dicts({"name": self.name, **self.defaults}, overrides)
         return validate_config(ModelConfig, data, f"model '{self.name}'")
 
 
@@ -192,16 +192,6 @@ _REGISTRY: dict[str, ModelSpec] = {
         ),
     )
 }
-
-
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def list_models() -> list[ModelSpec]:
@@ -481,7 +471,7 @@ def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
         )
     base = _saved_config(path, hf_config)
     config = validate_config(
-        ModelConfig, _merge(base.model_dump(), {**overrides, "path": str(path)}), str(path)
+        ModelConfig, merge_dicts(base.model_dump(), {**overrides, "path": str(path)}), str(path)
     )
     model = ExgraLlavaForConditionalGeneration.from_pretrained(
         path, config=hf_config, dtype=_DTYPES[config.dtype]

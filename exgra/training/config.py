@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from exgra.alignment.config import AlignmentConfig
-from exgra.config import Section
+from exgra.config import Section, merge_dicts
 from exgra.errors import ConfigError, ExgraError
 from exgra.models.config import ModelConfig
 
@@ -201,13 +201,13 @@ def load_train_config(
         sources = [str(path)]
     overrides = list(overrides)
     if overrides:
-        user = _merge(user, parse_overrides(overrides))
+        user = merge_dicts(user, parse_overrides(overrides))
         sources.append("overrides " + " ".join(overrides))
     wanted = (user.get("train") or {}).get("stage") if isinstance(user.get("train"), dict) else None
     if wanted and wanted != stage:
         command = "exgra finetune" if wanted == "finetune" else f"exgra train {wanted}"
         raise ConfigError(f"{path or 'the config'} is a {wanted} recipe; run it with `{command}`")
-    data = _merge(data, user)
+    data = merge_dicts(data, user)
     if output_dir is not None:
         data["output_dir"] = str(output_dir)
     model = data.get("model") or {}
@@ -218,13 +218,3 @@ def load_train_config(
     except ExgraError as exc:
         raise ConfigError(f"invalid model section in {' with '.join(sources)}: {exc}") from exc
     return validate_config(TrainConfig, data, " with ".join(sources))
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
