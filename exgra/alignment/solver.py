@@ -169,26 +169,18 @@ class _Problem:
         self.src, self.dst, self.keep = src1, dst1, keep1
         self.right_src, self.right_dst = src2, dst2
         self.pair_index = src1 * n1 + dst1
+        # (max degree) · max |Q| for the tolerance; shared with re-solves, which change only the unary costs.
+        spare = n1 * width
+        rows = torch.where(keep1.repeat(1, 2), self.half_row, spare)
+        degree = torch.zeros(problems, spare + 1, device=device)
+        degree.scatter_add_(1, rows, torch.ones_like(rows, dtype=degree.dtype))
+        self.quadratic_scale = 0.0
+        if e1 and e2:
+            self.quadratic_scale = float(degree[:, :spare].amax()) * float(self.quadratic_flat.abs().amax())
 
-    def terms(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """For matchings ``sigma [P, S, n1]``: ``h = C + (A + Aᵀ)x`` ``[P, S, n1, W]`` and, per E1 edge,
-        the cost of its current image and of its reversed image ``[P, S, 2, E1]``."""
-        problems, starts, n1 = sigma.shape
-        width, depth, e1 = self.width, self.depth, self.e1
-        partner_col = sigma.gather(2, self.half_partner[:, None, :].expand(-1, starts, -1))
-        key = (partner_col + self.half_side).view(problems, -1, 1).expand(-1, -1, 2 * depth)
-        listed = self.incidence.gather(1, key).view(problems, starts, 2 * e1, 2 * depth)
-        ids, cols = listed[..., :depth], listed[..., depth:]
-        values = self.quadratic_flat.gather(1, (ids + self.half_edge[:, None]).view(problems, -1))
-        target = cols + self.half_row[:, None, :, None]
-        target = target + (torch.arange(starts, device=sigma.device) * (n1 * width))[None, :, None, None]
-        linear = self.unary[:, None].expand(-1, starts, -1).reshape(problems, -1)
-        linear = linear.scatter_add(1, target.view(problems, -1), values).view(problems, starts, n1, width)
-        col_dst, col_src = partner_col[..., :e1], partner_col[..., e1:]
-        pair_keys = torch.stack([col_src * width + col_dst, col_dst * width + col_src], dim=2)
-        pair_edges = self.edge_lookup.gather(1, pair_keys.view(problems, -1)).view(problems, starts, 2, e1)
-        pair_values = self.quadratic_flat.gather(1, (pair_edges + self.edge_offset).view(problems, -1))
-        return linear, pair_values.view(problems, starts, 2, e1), partner_col
+    def search_terms(self, starts: int) -> _SearchTerms:
+        """The per-iteration terms of the local search for ``starts`` matchings per problem."""
+        return _SearchTerms(self, starts)
 
     def with_unary(self, unary: Tensor) -> _Problem:
         """The same problem with other unary costs ``[P, n1, n2]`` (loop terms folded in again)."""
@@ -236,6 +228,44 @@ class _Problem:
         return torch.cat([src, dst], dim=1), torch.cat([dst, src], dim=1)
 
 
+class _SearchTerms:
+    """``h = C + (A + Aᵀ)x`` and the per-E1-edge image costs of matchings ``sigma [P, S, n1]``, with every
+    index tensor that does not depend on ``sigma`` built once (the local search calls this every iteration,
+    where it is bound by the number of small torch ops)."""
+
+    def __init__(self, problem: _Problem, starts: int) -> None:
+        problems, n1, width, e1 = problem.problems, problem.n1, problem.width, problem.e1
+        device = problem.unary.device
+        self.problem, self.starts = problem, starts
+        self.partner_index = problem.half_partner[:, None, :].expand(-1, starts, -1)
+        start_offset = torch.arange(starts, device=device) * (n1 * width)
+        self.target_offset = problem.half_row[:, None, :, None] + start_offset[None, :, None, None]
+        self.linear_base = problem.unary[:, None].expand(-1, starts, -1).reshape(problems, -1)
+        self.half_side = problem.half_side
+        self.half_edge = problem.half_edge[:, None]
+        self.edge_offset = problem.edge_offset
+        self.lookup_shape = (problems, starts, 2, e1)
+
+    def __call__(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``h [P, S, n1, W]`` and per E1 edge the cost of its current / reversed image ``[P, S, 2, E1]``."""
+        problem = self.problem
+        problems, starts, n1 = sigma.shape
+        width, depth, e1 = problem.width, problem.depth, problem.e1
+        partner_col = sigma.gather(2, self.partner_index)
+        key = (partner_col + self.half_side).view(problems, -1, 1).expand(-1, -1, 2 * depth)
+        listed = problem.incidence.gather(1, key).view(problems, starts, 2 * e1, 2 * depth)
+        ids, cols = listed[..., :depth], listed[..., depth:]
+        values = problem.quadratic_flat.gather(1, (ids + self.half_edge).view(problems, -1))
+        target = cols + self.target_offset
+        linear = self.linear_base.scatter_add(1, target.view(problems, -1), values)
+        # partner_col holds (σ(dst), σ(src)) per edge; keys of the current (src, dst) and reversed image.
+        partner_pairs = partner_col.view(self.lookup_shape)
+        pair_keys = partner_pairs.flip(2) * width + partner_pairs
+        pair_edges = problem.edge_lookup.gather(1, pair_keys.view(problems, -1)).view(self.lookup_shape)
+        pair_values = problem.quadratic_flat.gather(1, (pair_edges + self.edge_offset).view(problems, -1))
+        return linear.view(problems, starts, n1, width), pair_values.view(self.lookup_shape)
+
+
 def _tolerance(problem: _Problem) -> float:
     """Smallest objective change that counts as an improvement: float32 round-off of one move's change.
 
@@ -243,13 +273,9 @@ def _tolerance(problem: _Problem) -> float:
     ``max |C| + (max degree) · max |Q|``. (Scaling by the sum of *all* quadratic costs, which grows like
     n², made the search stop at moves worth less than 0.39 at n = 256 and cost 1–15 % of the objective.)
     """
-    spare = problem.n1 * problem.width
-    rows = torch.where(problem.keep.repeat(1, 2), problem.half_row, spare)
-    degree = torch.zeros(problem.problems, spare + 1, device=rows.device)
-    degree.scatter_add_(1, rows, torch.ones_like(rows, dtype=degree.dtype))
     scale = float(problem.unary.abs().amax())
     if problem.e1 and problem.e2:
-        scale += float(degree[:, :spare].amax()) * float(problem.quadratic_flat.abs().amax())
+        scale += problem.quadratic_scale
     return 1e-6 * max(scale, 1.0)
 
 
@@ -260,6 +286,7 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
     sigma = torch.full((problems, starts, n1), n2, dtype=torch.long, device=scores.device)
     scores = scores.masked_fill(scores >= 0, float("inf"))
     row_ids = torch.arange(n1, device=scores.device)
+    none_taken = torch.zeros(problems, starts, n2 + 1, dtype=torch.bool, device=scores.device)
     for _ in range(min(n1, n2)):
         best_value, best_col = scores.min(3)
         best_row = scores.argmin(2)
@@ -267,8 +294,7 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
         if not bool(mutual.any()):
             break
         sigma = torch.where(mutual, best_col, sigma)
-        taken_cols = torch.zeros(problems, starts, n2 + 1, dtype=torch.bool, device=scores.device)
-        taken_cols.scatter_(2, torch.where(mutual, best_col, n2), True)
+        taken_cols = none_taken.scatter(2, torch.where(mutual, best_col, n2), True)
         scores = scores.masked_fill(mutual[..., None] | taken_cols[:, :, None, :n2], float("inf"))
     return sigma
 
@@ -293,26 +319,31 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
     nb_to = nb_to[:, None, :].expand(-1, starts, -1)
     pair_index = problem.pair_index[:, None, None, :].expand(-1, starts, 2, -1)
     unmatched_bucket = width + rows
+    no_images = torch.zeros(problems, starts, 2, n1 * n1, dtype=problem.unary.dtype, device=device)
+    no_column_claim = torch.full((problems, starts, width + n1), n1, dtype=torch.long, device=device)
+    all_free = torch.ones(problems, starts, width, dtype=torch.bool, device=device)
+    no_claim = torch.full((problems, starts, 1), n1, dtype=torch.long, device=device)
     # On a GPU every convergence check is a device sync; there a few wasted iterations are cheaper.
     check_every = 1 if sigma.device.type == "cpu" else 4
+    terms = problem.search_terms(starts)
     for iteration in range(_MAX_ITERATIONS_FACTOR * (n1 + 4)):
-        linear, pair_values, _ = problem.terms(sigma)
+        linear, pair_values = terms(sigma)
         # Per row pair (i, j): summed cost of the current / exchanged images of the E1 edges i->j.
-        images = linear.new_zeros(problems, starts, 2, n1 * n1).scatter_add_(3, pair_index, pair_values)
+        images = no_images.scatter_add(3, pair_index, pair_values)
         images = images.view(problems, starts, 2, n1, n1)
         images = images + images.transpose(3, 4)
         current = linear.gather(3, sigma[..., None]).squeeze(3)
-        used = torch.zeros(problems, starts, width, dtype=torch.bool, device=device)
-        used.scatter_(2, sigma, True)
-        used[..., n2] = False
-        single_delta, single_col = (linear - current[..., None]).masked_fill_(used[:, :, None, :], inf).min(3)
+        unmatched = sigma == n2
+        # Free columns: those no matched row holds, and the dummy (only unmatched rows write to it).
+        free = all_free.scatter(2, sigma, unmatched)
+        single_delta, single_col = torch.where(free[:, :, None, :], linear - current[..., None], inf).min(3)
         # at_other[i, j] = h[i, σ(j)]; the pair corrections make the deltas exact.
         at_other = linear.gather(3, sigma[:, :, None, :].expand(-1, -1, n1, -1))
         base = at_other - current[..., :, None] - current[..., None, :]
         # h counts the current image of an i-j edge twice and misses its new image: a swap gets the
         # exchanged image, a steal (j becomes unmatched) none.
         swap = (base + at_other.transpose(2, 3) + images[:, :, 0] + images[:, :, 1]).masked_fill_(eye, inf)
-        steal = (base + images[:, :, 0]).masked_fill_(eye | (sigma == n2)[:, :, None, :], inf)
+        steal = (base + images[:, :, 0]).masked_fill_(eye | unmatched[:, :, None, :], inf)
         pair_delta, pair_choice = torch.cat([swap, steal], dim=3).min(3)
         partner = pair_choice % n1
         use_pair = pair_delta < single_delta
@@ -326,15 +357,12 @@ def _local_search(problem: _Problem, sigma: Tensor, tolerance: float) -> Tensor:
         partner_new = torch.where(pair_choice < n1, sigma, n2)  # swap: i's column; steal: unmatched
         partner_new = torch.where(use_pair, partner_new, single_col)
         # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
-        rank = delta.masked_fill(~candidate, inf).argsort(dim=2, stable=True).argsort(dim=2)
+        rank = torch.where(candidate, delta, inf).argsort(dim=2, stable=True).argsort(dim=2)
         rank = torch.where(candidate, rank, n1)
-        claim = rank.new_full((problems, starts, n1 + 1), n1)
-        claim.scatter_reduce_(2, partner, rank, "amin")
-        claim[..., :n1] = torch.minimum(claim[..., :n1], rank)
+        claim = torch.cat([rank, no_claim], 2).scatter_reduce_(2, partner, rank, "amin")
         nearby = claim.scatter_reduce(2, nb_to, claim.gather(2, nb_from), "amin")
         bucket = torch.where(use_pair | (single_col == n2), unmatched_bucket, single_col)
-        column_best = rank.new_full((problems, starts, width + n1), n1)
-        column_best.scatter_reduce_(2, bucket, rank, "amin")
+        column_best = no_column_claim.scatter_reduce(2, bucket, rank, "amin")
         accept = (
             candidate
             & (rank <= nearby[..., :n1])

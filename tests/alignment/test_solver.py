@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +197,34 @@ def test_large_low_signal_solutions_are_local_optima(seed: int) -> None:
     ours = float(matching_objective(matching, *problem))
     previous = float(matching_objective(baseline_solver.solve_matching(*problem), *problem))
     assert ours <= previous + 1e-4
+
+
+def _golden_cases() -> list[tuple[str, tuple[torch.Tensor, ...]]]:
+    """~30 seeded reference-like instances (n = 5..64), single and batched, for the bit-identity check."""
+    cases = []
+    for seed in range(30):
+        nodes = 5 + (seed * 37) % 60
+        cases.append((f"single-{seed}", reference_like_problem(nodes, seed, noise=0.5 + seed % 4 * 0.5)))
+    for seed, nodes in enumerate((5, 16, 16, 33, 64)):
+        problems = [reference_like_problem(nodes, 100 + 3 * seed + i, noise=1.0 + i % 2) for i in range(3)]
+        cases.append((f"batch-{seed}", tuple(torch.stack(parts) for parts in zip(*problems, strict=True))))
+    return cases
+
+
+def _golden_outputs() -> dict[str, list]:
+    """Row -> column of the solve and of a warm-started re-solve on perturbed costs (blackbox backward)."""
+    outputs = {}
+    for name, (unary, quadratic, left, right) in _golden_cases():
+        matching, problem = _solve_and_keep(unary, quadratic, left, right)
+        noise = torch.randn(unary.shape, generator=torch.Generator().manual_seed(len(outputs)))
+        perturbed = unary + (2 * matching - 1 + noise) * unary.std()
+        resolved = _resolve(problem, perturbed, warm_start=matching)
+        for key, value in ((name, matching), (f"{name}-resolve", resolved)):
+            outputs[key] = torch.where(value.amax(-1) > 0, value.argmax(-1), -1).tolist()
+    return outputs
+
+
+def test_matchings_equal_the_recorded_golden_outputs() -> None:
+    # Speed work on the solver must not change any result: matchings recorded from the solver before it.
+    recorded = json.loads((Path(__file__).parent / "solver_golden.json").read_text())
+    assert _golden_outputs() == recorded
