@@ -35,6 +35,7 @@ import yaml
 
 from exgra.demo.settings import ARMS, DemoSettings, fraction_name
 from exgra.errors import ExgraError
+from exgra.io import write_json_atomic
 
 __all__ = ["DemoResult", "PhaseEvent", "default_threads", "run_demo", "run_dir"]
 
@@ -78,12 +79,6 @@ class _Interrupted(Exception):
     """A training phase stopped on Ctrl-C after saving a checkpoint."""
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def _prepare_output_dir(output_dir: Path, settings: DemoSettings) -> None:
     """Create ``output_dir`` with ``demo.json``, or check that an existing one used the same settings."""
     stored = output_dir / SETTINGS_FILE
@@ -110,7 +105,7 @@ def _prepare_output_dir(output_dir: Path, settings: DemoSettings) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     from exgra import __version__
 
-    _write_json(stored, {"settings": wanted, "exgra_version": __version__})
+    write_json_atomic(stored, {"settings": wanted, "exgra_version": __version__})
 
 
 @contextlib.contextmanager
@@ -169,7 +164,7 @@ class _Pipeline:
         work()
         seconds = time.perf_counter() - started
         self.timings[key] = seconds
-        _write_json(self.output_dir / TIMINGS_FILE, self.timings)
+        write_json_atomic(self.output_dir / TIMINGS_FILE, self.timings)
         self.on_phase(PhaseEvent(self.index, self.total, name, seconds, False))
 
     # --------------------------------------------------------------------------------------- phases

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from exgra.config import Section
 from exgra.errors import DataError, ExgraError
+from exgra.io import write_text_atomic
 
 __all__ = [
     "AnswerShards",
@@ -45,7 +46,6 @@ __all__ = [
     "distributed_state",
     "progress_bar",
     "sidecar_path",
-    "write_text_atomic",
     "read_jsonl",
     "repair_torn_tail",
     "run_vqa_eval",
@@ -130,12 +130,6 @@ def append_jsonl(handle: Any, records: Iterable[dict[str, Any]]) -> None:
     handle.flush()
     with contextlib.suppress(OSError):
         os.fsync(handle.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _key(question_id: Any) -> str:

@@ -37,8 +37,8 @@ from exgra.eval.vqa import (
     distributed_state,
     progress_bar,
     sidecar_path,
-    write_text_atomic,
 )
+from exgra.io import write_text_atomic
 
 __all__ = [
     "OmniQuestion",

@@ -31,6 +31,7 @@ __all__ = [
     "VisionProjector",
     "connector_layer_groups",
     "dense_connector_features",
+    "pool_hidden_states",
 ]
 
 
@@ -152,6 +153,23 @@ class ExgraLlavaModel(LlavaModel):
         return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(projected))
 
 
+def pool_hidden_states(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pooling: str,
+    length: int | None = None,
+) -> torch.Tensor:
+    """Pool ``hidden`` ``[B, L, D]`` to ``[B, D]``.
+
+    ``mean`` averages the first ``length`` positions (all ``L`` by default), padding included, as the
+    reference does; ``masked_mean`` averages only positions where ``attention_mask`` is 1.
+    """
+    if pooling == "masked_mean" and attention_mask is not None:
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return hidden[:, : hidden.shape[1] if length is None else length].mean(dim=1)
+
+
 class ExgraLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     """transformers' LLaVA plus the feature access that the alignment loss needs.
 
@@ -192,17 +210,12 @@ class ExgraLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         averages only positions where ``attention_mask`` is 1. No LM head is applied.
         """
         pooling = pooling or self.text_pooling
+        if pooling not in ("mean", "masked_mean"):
+            raise ValueError(f"unknown text pooling {pooling!r}; use 'mean' or 'masked_mean'")
         hidden = self.model.language_model(
             input_ids=input_ids, attention_mask=attention_mask, return_dict=True
         ).last_hidden_state
-        if pooling == "mean":
-            return hidden.mean(dim=1)
-        if pooling != "masked_mean":
-            raise ValueError(f"unknown text pooling {pooling!r}; use 'mean' or 'masked_mean'")
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pool_hidden_states(hidden, attention_mask, pooling)
 
     def embed_inputs(
         self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None

@@ -15,22 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from exgra.models.modeling import pool_hidden_states
+
 __all__ = ["TrainingModule", "pooled_text_features"]
-
-
-def _pool(
-    hidden: torch.Tensor, mask: torch.Tensor, pooling: str, own_length: int | None = None
-) -> torch.Tensor:
-    """Pool ``hidden`` [B, L, D] to [B, D].
-
-    ``"mean"`` averages every position up to ``own_length`` (the reference's mean, padding
-    included); ``"masked_mean"`` averages the real tokens only.
-    """
-    if pooling == "masked_mean":
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-    length = hidden.shape[1] if own_length is None else own_length
-    return hidden[:, :length].mean(1)
 
 
 def pooled_text_features(
@@ -40,7 +27,7 @@ def pooled_text_features(
     (``text_source="llm_output"``) or the raw token embeddings (``"embeddings"``), pooled."""
     if text_source == "embeddings":
         embeddings = model.get_input_embeddings()(input_ids)
-        return _pool(embeddings, attention_mask, pooling)
+        return pool_hidden_states(embeddings, attention_mask, pooling)
     return model.pooled_text_features(input_ids, attention_mask, pooling=pooling)
 
 
@@ -66,7 +53,7 @@ def _packed_text_features(
     features, start = [], 0
     for batch_ids, _ in batches:
         rows = slice(start, start + batch_ids.shape[0])
-        features.append(_pool(hidden[rows], mask[rows], pooling, own_length=batch_ids.shape[1]))
+        features.append(pool_hidden_states(hidden[rows], mask[rows], pooling, length=batch_ids.shape[1]))
         start += batch_ids.shape[0]
     return features
 
