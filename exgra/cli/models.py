@@ -27,12 +27,16 @@ def models_table() -> Table:
     table.add_column("description", ratio=1, overflow="fold")
     for spec in list_models():
         config = spec.config()
-        vision = config.vision_tower or f"random CLIP {config.vision_config.get('image_size', '?')} px"
         weights = "random, offline" if spec.offline else "path=DIR or llm=..."
-        details = (
-            f"vision: {vision} · connector: {config.dense_connector} · projector: {config.projector_type}"
-            f" · template: {config.template} · weights: {weights}"
-        )
+        if config.family == "llava":
+            tower = "SigLIP" if config.vision_type == "siglip" else "CLIP"
+            vision = config.vision_tower or f"random {tower} {config.vision_config.get('image_size', '?')} px"
+            details = (
+                f"vision: {vision} · connector: {config.dense_connector} · projector: {config.projector_type}"
+                f" · template: {config.template} · weights: {weights}"
+            )
+        else:
+            details = f"family: {config.family} · template: its own chat template · weights: {weights}"
         description = Text(spec.description)
         description.append("\n" + details, style="dim")
         table.add_row(spec.name, spec.parameters, description)

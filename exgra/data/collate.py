@@ -11,7 +11,7 @@ masks human turns entirely.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -79,18 +79,29 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int) -> tuple[t
     return ids, mask
 
 
+def _stack_pixel_values(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
+
+
 class TrainingCollator:
     """Pads a list of dataset items into one batch.
 
     Items that failed to load (``{"bad_record": id, "reason": ...}``) are dropped from the batch and
     listed under ``batch["bad_records"]`` so the training process (not a data worker) counts them.
-    Output keys: ``input_ids``, ``attention_mask``, ``labels`` [B, L]; ``pixel_values`` [B, 3, H, W];
+    Output keys: ``input_ids``, ``attention_mask``, ``labels`` [B, L]; the vision tensors from
+    ``collate_vision`` (default: ``pixel_values`` [B, 3, H, W] stacked);
     ``ids`` (record ids); with alignment texts also ``response_ids`` / ``response_mask`` and
     ``caption_ids`` / ``caption_mask`` [B, L_text].
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(
+        self,
+        pad_token_id: int,
+        collate_vision: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
+    ) -> None:
         self.pad_token_id = pad_token_id
+        # The model family batches its own vision tensors (pixel_values, image_grid_thw, ...).
+        self.collate_vision = collate_vision or _stack_pixel_values
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         bad = [{"id": str(i["bad_record"]), "reason": str(i["reason"])} for i in items if "bad_record" in i]
@@ -102,7 +113,7 @@ class TrainingCollator:
             [i["input_ids"] for i in good], self.pad_token_id
         )
         batch["labels"], _ = pad_sequences([i["labels"] for i in good], IGNORE_INDEX)
-        batch["pixel_values"] = torch.stack([i["pixel_values"] for i in good])
+        batch.update(self.collate_vision(good))
         for key in ("response", "caption"):
             if f"{key}_ids" in good[0]:
                 batch[f"{key}_ids"], batch[f"{key}_mask"] = pad_sequences(

@@ -21,13 +21,27 @@ class ModelConfig(Section):
     """
 
     name: str = Field("tiny", description="registry entry this config started from")
+    family: str = Field(
+        "llava", description="model family (exgra.models.families): llava, qwen2.5-vl, qwen3-vl, gemma3, smolvlm"
+    )
     path: str | None = Field(None, description="directory of a saved or converted exgra checkpoint")
     llm: str | None = Field(None, description="LLaMA-family weights for a fresh build: local dir or hub name")
     tokenizer: str | None = Field(None, description="tokenizer source; default: `llm`, else the built-in one")
     vision_tower: str | None = Field(None, description="CLIP vision weights (dir or hub name); None = random")
-    vision_type: Literal["clip", "biomedclip"] = "clip"
-    llm_config: dict[str, Any] = Field(default_factory=dict, description="LlamaConfig fields (random init)")
-    vision_config: dict[str, Any] = Field(default_factory=dict, description="CLIPVisionConfig fields")
+    vision_type: Literal["clip", "siglip", "biomedclip"] = "clip"
+    llm_type: Literal["llama", "mistral"] = Field("llama", description="LLaVA family: the language model's type")
+    llm_config: dict[str, Any] = Field(
+        default_factory=dict, description="text config fields (LlamaConfig for LLaVA; the family's text config)"
+    )
+    vision_config: dict[str, Any] = Field(
+        default_factory=dict, description="vision config fields (CLIPVisionConfig for LLaVA; the family's)"
+    )
+    hf_config: dict[str, Any] = Field(
+        default_factory=dict, description="other top-level fields of the family's transformers config"
+    )
+    processor_config: dict[str, Any] = Field(
+        default_factory=dict, description="image-processor settings of a random build (e.g. max_pixels)"
+    )
     vision_select_layer: int = Field(-2, description="hidden-state index of the tower fed to the projector")
     dense_connector: Literal["none", "dci", "sci"] = "none"
     projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
@@ -35,7 +49,9 @@ class ModelConfig(Section):
         "mean",
         description="pooling of text features for alignment; 'mean' includes padding like the reference",
     )
-    template: Literal["legacy", "chat"] = "legacy"
+    template: Literal["legacy", "chat", "native"] = Field(
+        "legacy", description="legacy/chat (LLaVA family) or native: the family's own chat template"
+    )
     use_im_start_end: bool = Field(True, description="wrap image patch tokens in <im_start> ... <im_end>")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"

@@ -41,10 +41,13 @@ class ImageProcessor:
         self.processor = processor
 
     @classmethod
-    def for_size(cls, image_size: int) -> ImageProcessor:
-        """The standard CLIP processor for square inputs of ``image_size`` pixels."""
+    def for_size(cls, image_size: int, siglip: bool = False) -> ImageProcessor:
+        """The standard CLIP processor for square inputs of ``image_size`` pixels (SigLIP's mean/std 0.5)."""
+        normalisation = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if siglip else {}
         processor = CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            **normalisation,
         )
         return cls(processor)
 

@@ -27,8 +27,10 @@ from transformers import (
     CLIPVisionModel,
     LlamaConfig,
     LlavaConfig,
+    MistralConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
+    SiglipVisionConfig,
 )
 
 from exgra.config import merge_dicts, validate_config
@@ -66,6 +68,7 @@ RUNTIME_KEYS = frozenset(
     }
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = _DTYPES
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,187 @@ _SEVEN_B = {
     "dtype": "bfloat16",
 }
 
+# Tiny random members of the other families (a few hundred thousand to a few million parameters, built
+# offline from their transformers configs in well under a second); widths are small but every
+# family-specific part is there (M-RoPE, window attention, deepstack mergers, the Gemma 3 pooler).
+_TINY_TEXT = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
+_TINY_QWEN25 = {
+    "family": "qwen2.5-vl",
+    "template": "native",
+    "llm_config": {
+        **_TINY_TEXT,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "out_hidden_size": 128,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+    },
+}
+_TINY_QWEN3 = {
+    "family": "qwen3-vl",
+    "template": "native",
+    "llm_config": {
+        **_TINY_TEXT,
+        "head_dim": 32,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+            "mrope_interleaved": True,
+        },
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "out_hidden_size": 128,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "deepstack_visual_indexes": [0],
+        "num_position_embeddings": 64,
+    },
+}
+_TINY_GEMMA3 = {
+    "family": "gemma3",
+    "template": "native",
+    "llm_config": {**_TINY_TEXT, "head_dim": 32, "sliding_window": 64},
+    "vision_config": {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    },
+    "hf_config": {"mm_tokens_per_image": 4},
+}
+_TINY_SIGLIP = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+}
+_TINY_LLAVA_SIGLIP = {
+    "llm_type": "mistral",
+    "vision_type": "siglip",
+    "template": "chat",
+    "llm_config": {**_TINY_LLM, "num_key_value_heads": 2, "sliding_window": None},
+    "vision_config": _TINY_SIGLIP,
+}
+# Real presets: the released architectures, so device="meta" builds them offline; weights come from
+# llm=<local dir or hub id> (or path=<a saved exgra checkpoint>).
+_QWEN25_VL_7B = {
+    "family": "qwen2.5-vl",
+    "template": "native",
+    "dtype": "bfloat16",
+    "llm_config": {
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 128000,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    },
+    "vision_config": {
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+    },
+}
+_QWEN3_VL_8B = {
+    "family": "qwen3-vl",
+    "template": "native",
+    "dtype": "bfloat16",
+    "llm_config": {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 262144,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    },
+    "vision_config": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "out_hidden_size": 4096,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "deepstack_visual_indexes": [8, 16, 24],
+        "num_position_embeddings": 2304,
+    },
+}
+_MEDGEMMA_4B = {
+    "family": "gemma3",
+    "template": "native",
+    "dtype": "bfloat16",
+    "llm_config": {
+        "vocab_size": 262208,
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 34,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "sliding_window": 1024,
+    },
+    "vision_config": {
+        "image_size": 896,
+        "patch_size": 14,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+    },
+    "hf_config": {"mm_tokens_per_image": 256},
+}
+_LLAVA_15_7B = {
+    "template": "chat",
+    "dtype": "bfloat16",
+    "use_im_start_end": False,
+    "vision_tower": "openai/clip-vit-large-patch14-336",
+    "vision_config": {**_CLIP_L, "image_size": 336},
+    "llm_config": {**_LLAMA_7B, "vocab_size": 32064, "max_position_embeddings": 4096},
+}
+
 _REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -190,6 +374,62 @@ _REGISTRY: dict[str, ModelSpec] = {
             False,
             {**_SEVEN_B, "dense_connector": "dci"},
         ),
+        ModelSpec(
+            "tiny-qwen2.5-vl",
+            "random tiny Qwen2.5-VL (dynamic resolution: 4-16 image tokens per image)",
+            "≈0.8 M",
+            True,
+            _TINY_QWEN25,
+        ),
+        ModelSpec(
+            "tiny-qwen3-vl",
+            "random tiny Qwen3-VL (dynamic resolution, deepstack mergers)",
+            "≈0.8 M",
+            True,
+            _TINY_QWEN3,
+        ),
+        ModelSpec(
+            "tiny-gemma3",
+            "random tiny Gemma 3 / MedGemma layout (SigLIP 32 px, 4 image tokens)",
+            "≈0.7 M",
+            True,
+            _TINY_GEMMA3,
+        ),
+        ModelSpec(
+            "tiny-llava-siglip",
+            "random tiny LLaVA with a Mistral LM and a SigLIP tower (chat template, 16 image tokens)",
+            "≈2.1 M",
+            True,
+            _TINY_LLAVA_SIGLIP,
+        ),
+        ModelSpec(
+            "qwen2.5-vl-7b",
+            "Qwen2.5-VL-7B-Instruct: llm=<local dir or Qwen/Qwen2.5-VL-7B-Instruct>",
+            "≈8.3 B",
+            False,
+            _QWEN25_VL_7B,
+        ),
+        ModelSpec(
+            "qwen3-vl-8b",
+            "Qwen3-VL-8B-Instruct: llm=<local dir or Qwen/Qwen3-VL-8B-Instruct>",
+            "≈8.8 B",
+            False,
+            _QWEN3_VL_8B,
+        ),
+        ModelSpec(
+            "medgemma-4b",
+            "MedGemma 4B (Gemma 3 + MedSigLIP): llm=<local dir or google/medgemma-4b-it>",
+            "≈4.3 B",
+            False,
+            _MEDGEMMA_4B,
+        ),
+        ModelSpec(
+            "llava-1.5-7b",
+            "LLaVA-1.5-7B, llava-hf layout: path=<llava-hf/llava-1.5-7b-hf dir> (Vicuna + CLIP-L/336)",
+            "≈7.1 B",
+            False,
+            _LLAVA_15_7B,
+        ),
     )
 }
 
@@ -218,6 +458,13 @@ class ModelBundle:
     config: ModelConfig
 
     @property
+    def family(self) -> Any:
+        """The :class:`~exgra.models.families.ModelFamily` adapter of this model."""
+        from exgra.models.families import get_family
+
+        return get_family(self.config.family)
+
+    @property
     def image_tokens(self) -> str:
         """One image in a prompt: ``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``."""
         return image_token_string(self.num_image_tokens, self.config.use_im_start_end)
@@ -233,15 +480,7 @@ class ModelBundle:
         half-written checkpoint; an existing non-empty ``path`` is refused unless ``overwrite``.
         """
         with staged_output_dir(path, overwrite) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            if type(self.model.config) is LlavaConfig:
-                # A plain llava checkpoint: name the stock class so any transformers pipeline picks it up.
-                config_path = tmp / "config.json"
-                data = json.loads(config_path.read_text(encoding="utf-8"))
-                data["architectures"] = ["LlavaForConditionalGeneration"]
-                config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            self.tokenizer.save_pretrained(tmp)
-            self.image_processor.save_pretrained(tmp)
+            self.family.save(self, tmp)
             saved = self.config.model_copy(
                 update={"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
             )
@@ -252,6 +491,26 @@ class ModelBundle:
         return path
 
 
+def save_llava(bundle: ModelBundle, directory: Path) -> None:
+    """Weights, config, tokenizer and image processor of a LLaVA-family bundle."""
+    bundle.model.save_pretrained(directory, safe_serialization=True)
+    if type(bundle.model.config) is LlavaConfig:
+        # A plain llava checkpoint: name the stock class so any transformers pipeline picks it up.
+        config_path = directory / "config.json"
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        data["architectures"] = ["LlavaForConditionalGeneration"]
+        config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    bundle.tokenizer.save_pretrained(directory)
+    bundle.image_processor.save_pretrained(directory)
+
+
+def runtime_settings(config: ModelConfig) -> dict[str, Any]:
+    """The settings of ``config`` that may differ from a saved checkpoint's (see :data:`RUNTIME_KEYS`)."""
+    runtime = {key: value for key, value in config.model_dump().items() if key in RUNTIME_KEYS}
+    runtime.pop("path", None)
+    return runtime
+
+
 def create_model(name: str, *, device: str | None = None, **overrides: Any) -> ModelBundle:
     """Build the registry entry ``name`` with ``ModelConfig`` field ``overrides``.
 
@@ -259,6 +518,11 @@ def create_model(name: str, *, device: str | None = None, **overrides: Any) -> M
     """
     spec = get_model_spec(name)
     config = spec.config(**overrides)
+    if not spec.offline and not (config.path or config.llm) and device != "meta" and config.family != "llava":
+        raise ConfigError(
+            f"model '{name}' needs pretrained weights: pass path=<checkpoint dir> or llm=<{config.family} "
+            "checkpoint dir or hub id>"
+        )
     if not spec.offline and not (config.path or config.llm) and device != "meta":
         raise ConfigError(
             f"model '{name}' needs pretrained weights: pass path=<checkpoint dir> (see `exgra convert`) "
@@ -294,7 +558,8 @@ def llava_config_for(
         "image_token_index": image_token_id,
         "image_seq_length": num_tokens,
         "vision_feature_layer": config.vision_select_layer,
-        "vision_feature_select_strategy": "default",
+        # CLIP's CLS token is dropped ("default"); SigLIP has none, so every patch is an image token.
+        "vision_feature_select_strategy": "full" if "siglip" in vision_config.model_type else "default",
         "projector_hidden_act": "gelu",
         "multimodal_projector_bias": True,
         "tie_word_embeddings": False,
@@ -317,11 +582,16 @@ def _require_clip(config: ModelConfig) -> None:
 
 
 def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
-    """Build (or, with ``config.path``, load) the model that ``config`` describes."""
+    """Build (or, with ``config.path``, load) the model that ``config`` describes, through its family."""
+    from exgra.models.families import get_family
+
     if config.path:
-        runtime = {key: value for key, value in config.model_dump().items() if key in RUNTIME_KEYS}
-        runtime.pop("path")
-        return load_model(config.path, **runtime)
+        return load_model(config.path, **runtime_settings(config))
+    return get_family(config.family).build(config, device)
+
+
+def build_llava(config: ModelConfig, device: str | None = None) -> ModelBundle:
+    """Build a LLaVA-family model (random from config dicts, or LLM + tower weights)."""
     _require_clip(config)
     meta = device == "meta"
     tokenizer = _load_tokenizer(config)
@@ -342,8 +612,9 @@ def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
         fields = dict(config.llm_config)
         fields["vocab_size"] = max(int(fields.get("vocab_size", 0)), len(tokenizer))
         ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        text_class = MistralConfig if config.llm_type == "mistral" else LlamaConfig
         text_config = _sub_config(
-            LlamaConfig, "llm_config", {**fields, "pad_token_id": tokenizer.pad_token_id, **ids}
+            text_class, "llm_config", {**fields, "pad_token_id": tokenizer.pad_token_id, **ids}
         )
 
     tower = None
@@ -355,7 +626,8 @@ def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
         with hub_errors(config.vision_tower, "vision tower config"):
             vision_config = CLIPVisionConfig.from_pretrained(config.vision_tower)
     else:
-        vision_config = _sub_config(CLIPVisionConfig, "vision_config", config.vision_config)
+        vision_class = SiglipVisionConfig if config.vision_type == "siglip" else CLIPVisionConfig
+        vision_config = _sub_config(vision_class, "vision_config", config.vision_config)
 
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PATCH_TOKEN)
     llava_config = llava_config_for(config, text_config, vision_config, image_token_id)
@@ -383,7 +655,7 @@ def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
     image_processor = (
         ImageProcessor.from_pretrained(config.vision_tower, image_size=vision_config.image_size)
         if config.vision_tower and not meta
-        else ImageProcessor.for_size(vision_config.image_size)
+        else ImageProcessor.for_size(vision_config.image_size, siglip=config.vision_type == "siglip")
     )
     return finish_bundle(model, tokenizer, image_processor, config)
 
@@ -416,6 +688,21 @@ def _set_attention(model: ExgraLlavaForConditionalGeneration, implementation: st
         raise ExgraError(f"attention implementation '{implementation}' is unavailable: {exc}") from exc
 
 
+def finish_family_bundle(
+    family: Any, model: Any, tokenizer: PreTrainedTokenizerBase, image_processor: Any, config: ModelConfig
+) -> ModelBundle:
+    """The bundle of a chat-template family: its tokenizer pads as configured, answers end at end-of-turn."""
+    tokenizer.padding_side = config.padding_side
+    tokenizer.model_max_length = config.model_max_length
+    generation = model.generation_config
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.eos_token_id = None  # set below, once the bundle exists
+    config = config.model_copy(update={"family": family.name, "template": "native"})
+    bundle = ModelBundle(model, tokenizer, image_processor, "native", 0, config)
+    generation.eos_token_id = family.stop_token_ids(bundle)
+    return bundle
+
+
 def finish_bundle(
     model: ExgraLlavaForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
@@ -434,11 +721,13 @@ def finish_bundle(
     return ModelBundle(model, tokenizer, image_processor, config.template, num_tokens, config)
 
 
-def _saved_config(path: Path, hf_config: PretrainedConfig) -> ModelConfig:
+def _saved_config(path: Path, hf_config: PretrainedConfig, family: str = "llava") -> ModelConfig:
     config_file = path / EXGRA_CONFIG_FILE
     if config_file.is_file():
         data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         return validate_config(ModelConfig, data, str(config_file))
+    if family != "llava":
+        return ModelConfig(name=path.name, family=family, template="native")
     # A llava checkpoint written by other tools: describe it from its transformers config.
     return ModelConfig(
         name=path.name,
@@ -463,16 +752,20 @@ def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
     if fixed:
         allowed = ", ".join(sorted(RUNTIME_KEYS))
         raise ConfigError(f"cannot change {', '.join(fixed)} of a saved model; only {allowed} may differ")
+    from exgra.models.families import family_for_model_type
+
     hf_config = AutoConfig.from_pretrained(path)
-    if hf_config.model_type not in ("llava", "exgra_llava"):
-        raise ExgraError(
-            f"{path} holds a '{hf_config.model_type}' model; exgra loads llava and exgra_llava checkpoints "
-            "(convert legacy LLaVA-Med checkpoints with `exgra convert`)"
-        )
-    base = _saved_config(path, hf_config)
+    family = family_for_model_type(hf_config.model_type, str(path))
+    base = _saved_config(path, hf_config, family.name)
     config = validate_config(
         ModelConfig, merge_dicts(base.model_dump(), {**overrides, "path": str(path)}), str(path)
     )
+    return family.load(path, config)
+
+
+def load_llava(path: Path, config: ModelConfig) -> ModelBundle:
+    """Load a ``llava`` / ``exgra_llava`` checkpoint directory."""
+    hf_config = AutoConfig.from_pretrained(path)
     model = ExgraLlavaForConditionalGeneration.from_pretrained(
         path, config=hf_config, dtype=_DTYPES[config.dtype]
     )

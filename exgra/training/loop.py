@@ -186,14 +186,14 @@ def _optimizer_groups(module: torch.nn.Module, weight_decay: float) -> list[dict
     ]
 
 
-def _apply_lora(model: Any, config: TrainConfig) -> Any:
+def _apply_lora(model: Any, config: TrainConfig, language_model_pattern: str = "language_model") -> Any:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
         raise ConfigError("train.lora.enabled needs peft: pip install 'exgra[lora]'") from exc
     lora = config.train.lora
     # A regex so that only the language model's linear layers get adapters, not the vision tower's.
-    targets = rf".*language_model.*\.({'|'.join(lora.target_modules)})"
+    targets = rf".*{language_model_pattern}.*\.({'|'.join(lora.target_modules)})"
     peft_config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
     )
@@ -301,12 +301,13 @@ def run_training(
 
     # ---- model, stage preset, alignment module
     bundle = build_model_bundle(config)
+    family = bundle.family
     model = bundle.model
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if train_cfg.lora.enabled:
-        model = _apply_lora(model, config)
-    counts = apply_stage(model, train_cfg.stage, lora=train_cfg.lora.enabled)
+        model = _apply_lora(model, config, family.language_model_pattern)
+    counts = apply_stage(model, train_cfg.stage, lora=train_cfg.lora.enabled, group_of=family.parameter_group)
     alignment = None
     if align_cfg.enabled:
         from exgra.alignment import MultiGraphAlignment
@@ -314,7 +315,7 @@ def run_training(
 
         alignment_config = AlignmentConfig(**align_cfg.model_dump(include=set(AlignmentConfig.model_fields)))
         alignment = MultiGraphAlignment(
-            alignment_config, feature_dim=bundle.model.config.text_config.hidden_size
+            alignment_config, feature_dim=family.hidden_size(bundle.model)
         )
     tokenizer = bundle.tokenizer
     module = TrainingModule(
@@ -325,6 +326,7 @@ def run_training(
         text_pooling=config.model.text_pooling,
         pack_text_passes=align_cfg.pack_text_passes,
         pad_token_id=tokenizer.pad_token_id,
+        family=family,
     )
 
     # ---- data
@@ -347,8 +349,11 @@ def run_training(
         human_turn_masking=data_cfg.human_turn_masking,
         alignment_texts=alignment is not None,
         use_im_start_end=config.model.use_im_start_end,
+        encoder=family.sample_encoder(
+            bundle, data_cfg.max_length, data_cfg.human_turn_masking, config.model.use_im_start_end
+        ),
     )
-    collator = TrainingCollator(tokenizer.pad_token_id)
+    collator = TrainingCollator(tokenizer.pad_token_id, family.collate_vision)
     process, processes = accelerator.process_index, accelerator.num_processes
     batches_per_epoch = len(
         epoch_batches(len(dataset), train_cfg.per_device_batch_size, 0, train_cfg.seed, 0, processes)
@@ -666,7 +671,8 @@ def module_from_state_dict(state: dict[str, torch.Tensor], config: TrainConfig) 
     from exgra.models import build_model
     from exgra.training.steps import TrainingModule
 
-    model = build_model(config.model, device="meta").model
+    bundle = build_model(config.model, device="meta")
+    model = bundle.model
     model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict(model_state, assign=True)
     alignment = None
@@ -677,9 +683,9 @@ def module_from_state_dict(state: dict[str, torch.Tensor], config: TrainConfig) 
 
         fields = config.alignment.model_dump(include=set(AlignmentConfig.model_fields))
         with torch.device("meta"):
-            alignment = MultiGraphAlignment(AlignmentConfig(**fields), model.config.text_config.hidden_size)
+            alignment = MultiGraphAlignment(AlignmentConfig(**fields), bundle.family.hidden_size(model))
         alignment.load_state_dict(align_state, assign=True)
-    return TrainingModule(model, alignment)
+    return TrainingModule(model, alignment, family=bundle.family)
 
 
 def save_model_dir(module: Any, bundle: Any, directory: Path) -> None:

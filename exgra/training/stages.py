@@ -6,13 +6,14 @@
 | stage2   | LLM (+ embeddings, LM head), projector, GNN | vision tower  | LM + alpha * alignment   |
 | finetune | LLM + projector                             | vision tower  | LM                       |
 
-Parameters are grouped by name: the vision tower (``vision_tower``), the projector
-(``multi_modal_projector`` / ``projector``) and everything else, which is the language model.
+Parameters are grouped by name by the model family (:meth:`exgra.models.families.ModelFamily.parameter_group`):
+the vision tower, the projector (LLaVA's ``multi_modal_projector``, Qwen's ``visual.merger``, SmolVLM's
+``connector``) and everything else, which is the language model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from torch import nn
@@ -49,8 +50,12 @@ def trainable_groups(stage: str, lora: bool = False) -> set[str]:
     return {"projector", *llm}
 
 
-def apply_stage(model: nn.Module, stage: str, lora: bool = False) -> dict[str, int]:
+def apply_stage(
+    model: nn.Module, stage: str, lora: bool = False, group_of: Callable[[str], str] | None = None
+) -> dict[str, int]:
     """Set ``requires_grad`` on every parameter of ``model`` for ``stage``.
+
+    ``group_of`` names a parameter's group (the model family's ``parameter_group``; default: LLaVA names).
 
     Returns the number of trainable and frozen parameters. Raises :class:`ConfigError` when the
     stage would train nothing (e.g. a model without a projector).
@@ -58,7 +63,7 @@ def apply_stage(model: nn.Module, stage: str, lora: bool = False) -> dict[str, i
     groups = trainable_groups(stage, lora)
     trainable = frozen = 0
     for name, parameter in model.named_parameters():
-        train = parameter_group(name) in groups
+        train = (group_of or parameter_group)(name) in groups
         parameter.requires_grad_(train)
         if train:
             trainable += parameter.numel()

@@ -1,7 +1,7 @@
 """One training step's losses: ``{"loss", "lm_loss", "align_loss"}`` (REFERENCE §2.1, §2.9, §2.11).
 
-The image features are computed once (``model.encode_images``) and reused twice: spliced into the
-LM pass through ``inputs_embeds`` and mean-pooled over patches as the image node features. The
+The image features are computed once (the model family's ``lm_forward``) and reused twice: fed to the
+LM pass and mean-pooled per image as the image node features. The
 response and extended-caption features are the pooled LLM outputs of two text-only passes; with
 ``pack_text_passes`` both batches run as one forward of the concatenated batch (same maths: with
 causal attention and right padding the extra padding never changes the real positions, and the
@@ -21,24 +21,36 @@ __all__ = ["TrainingModule", "pooled_text_features"]
 
 
 def pooled_text_features(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str, text_source: str
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooling: str,
+    text_source: str,
+    family: Any = None,
 ) -> torch.Tensor:
     """Text features [B, D] of text-only ``input_ids`` [B, L]: the LLM's last hidden state
     (``text_source="llm_output"``) or the raw token embeddings (``"embeddings"``), pooled."""
     if text_source == "embeddings":
-        embeddings = model.get_input_embeddings()(input_ids)
-        return pool_hidden_states(embeddings, attention_mask, pooling)
-    return model.pooled_text_features(input_ids, attention_mask, pooling=pooling)
+        hidden = model.get_input_embeddings()(input_ids)
+    else:
+        decoder = (family or _default_family()).language_model(model)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+    return pool_hidden_states(hidden, attention_mask, pooling)
 
 
-def _language_model(model: Any) -> nn.Module:
-    """The decoder stack (no LM head) of the VLM, also through a peft wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.language_model
+def _default_family() -> Any:
+    from exgra.models.families import get_family
+
+    return get_family("llava")
 
 
 def _packed_text_features(
-    model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], pooling: str, text_source: str, pad_id: int
+    model: Any,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    pooling: str,
+    text_source: str,
+    pad_id: int,
+    family: Any = None,
 ) -> list[torch.Tensor]:
     """Features of several right-padded text batches from one forward of their concatenation."""
     length = max(ids.shape[1] for ids, _ in batches)
@@ -47,7 +59,7 @@ def _packed_text_features(
     if text_source == "embeddings":
         hidden = model.get_input_embeddings()(ids)
     else:
-        hidden = _language_model(model)(
+        hidden = (family or _default_family()).language_model(model)(
             input_ids=ids, attention_mask=mask, return_dict=True
         ).last_hidden_state
     features, start = [], 0
@@ -73,8 +85,11 @@ class TrainingModule(nn.Module):
         text_pooling: str = "mean",
         pack_text_passes: bool = False,
         pad_token_id: int = 0,
+        family: Any = None,
     ) -> None:
         super().__init__()
+        # The model family's adapter (exgra.models.families): how this model's LM pass and features run.
+        self.family = family or _default_family()
         self.model = model
         self.alignment = alignment
         self.alpha = alpha
@@ -86,32 +101,24 @@ class TrainingModule(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Losses of one micro-batch: ``loss`` = ``lm_loss`` + alpha * ``align_loss`` (scalars)."""
         model = self.model
-        image_features = model.encode_images(batch["pixel_values"])  # [B, N, D]
-        inputs_embeds = model.embed_inputs(batch["input_ids"], image_features)  # [B, L, D]
-        output = model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            use_cache=False,
-        )
-        lm_loss = output.loss
+        # The image features are computed once: they feed the LM pass and, pooled per image, the graphs.
+        lm_loss, image = self.family.lm_forward(model, batch)  # scalar, [B, D]
         losses = {"lm_loss": lm_loss}
         if self.alignment is None:
             losses["align_loss"] = torch.zeros((), device=lm_loss.device, dtype=lm_loss.dtype)
             losses["loss"] = lm_loss
             return losses
-        image = image_features.mean(1)  # [B, D], projector output pooled over patches (§2.1)
         text_batches = [
             (batch["response_ids"], batch["response_mask"]),
             (batch["caption_ids"], batch["caption_mask"]),
         ]
         if self.pack_text_passes:
             response, caption = _packed_text_features(
-                model, text_batches, self.text_pooling, self.text_source, self.pad_token_id
+                model, text_batches, self.text_pooling, self.text_source, self.pad_token_id, self.family
             )
         else:
             response, caption = (
-                pooled_text_features(model, ids, mask, self.text_pooling, self.text_source)
+                pooled_text_features(model, ids, mask, self.text_pooling, self.text_source, self.family)
                 for ids, mask in text_batches
             )
         aligned = self.alignment(

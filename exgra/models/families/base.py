@@ -1,0 +1,441 @@
+"""The model-family adapter: the one place that knows a VLM family's internals.
+
+A family answers every question the rest of exgra asks about a model (see docs/models.md):
+
+* **build / load**: :meth:`ModelFamily.build` (random tiny from config dicts, or pretrained weights from a
+  local dir / hub id) and :meth:`ModelFamily.load` (a saved checkpoint);
+* **samples**: :meth:`ModelFamily.sample_encoder` turns image + conversation into ``input_ids``,
+  ``labels`` (assistant tokens only) and the family's vision tensors; :meth:`collate_vision` batches
+  the vision tensors; :meth:`model_inputs` adds what the forward needs beside them (``token_type_ids``...);
+* **features**: :meth:`lm_forward` runs the LM loss with the image features computed once and returns
+  them mean-pooled per image (variable token counts work); :meth:`language_model` is the decoder stack
+  whose last hidden state gives the pooled text features;
+* **stages**: :meth:`parameter_group` names the group (vision / projector / llm / lora) of a parameter;
+* **FSDP**: :meth:`decoder_layer_class`;
+* **generation**: :meth:`prompt`, :meth:`preprocess_images`, :meth:`generation_inputs`,
+  :meth:`stop_token_ids`, :meth:`clean_answer`.
+
+:class:`ChatFamily` implements all of this for the HF-native families whose forward accepts
+precomputed ``mm_encoder_outputs`` (Qwen2.5-VL, Qwen3-VL, Gemma 3): a subclass states its classes,
+special tokens, chat template and how many tokens one image becomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from exgra.data.collate import IGNORE_INDEX
+
+__all__ = ["ChatFamily", "ModelFamily", "conversation_messages", "segments_from_chat_template"]
+
+SampleEncoder = Callable[[Image.Image, Sequence[Any]], dict[str, Any]]
+
+# Parameter-name markers shared by several families; a family overrides them where its names differ.
+_LORA_MARKER = "lora_"
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def conversation_messages(conversations: Sequence[Any]) -> list[dict[str, Any]]:
+    """Record turns (``{"from", "value"}`` with ``<image>`` in the text) -> HF chat messages.
+
+    ``<image>`` becomes a ``{"type": "image"}`` content part at its place in the turn.
+    """
+    from exgra.data.templates import IMAGE_PLACEHOLDER, _turn
+
+    messages = []
+    for turn in conversations:
+        role, value = _turn(turn)
+        parts: list[dict[str, Any]] = []
+        pieces = value.split(IMAGE_PLACEHOLDER)
+        for index, piece in enumerate(pieces):
+            if index:
+                parts.append({"type": "image"})
+            text = piece.strip("\n") if len(pieces) > 1 else piece
+            if text:
+                parts.append({"type": "text", "text": text})
+        messages.append({"role": "user" if role == "human" else "assistant", "content": parts})
+    return messages
+
+
+def segments_from_chat_template(
+    render: Callable[[list[dict[str, Any]], bool], str], messages: list[dict[str, Any]]
+) -> list[tuple[str, bool]]:
+    """Split a chat-template rendering into (text, is_assistant_target) pieces.
+
+    ``render(messages, add_generation_prompt)`` is the template. Each assistant turn's target is the
+    difference between the rendering with that turn and the rendering up to the generation prompt
+    before it (its answer and end-of-turn marker); everything else is context. Templates whose
+    renderings are not prefixes of each other are refused rather than mis-masked.
+    """
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt = render(messages[:index], True)
+            full = render(messages[: index + 1], False)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise ValueError("the chat template does not render conversations prefix by prefix")
+            if len(prompt) > len(done):
+                segments.append((prompt[len(done) :], False))
+            segments.append((full[len(prompt) :], True))
+            done = full
+    final = render(messages, False)
+    if len(final) > len(done):
+        segments.append((final[len(done) :], False))
+    return segments
+
+
+class ModelFamily:
+    """Interface of a model family; see the module docstring. Subclasses set the class attributes."""
+
+    #: family name as written in ``ModelConfig.family`` (``llava``, ``qwen2.5-vl`` ...)
+    name: str = ""
+    #: transformers ``model_type`` values this family loads
+    model_types: tuple[str, ...] = ()
+    #: substrings of parameter names: vision tower, projector (checked in this order after LoRA)
+    vision_markers: tuple[str, ...] = ("vision_tower",)
+    projector_markers: tuple[str, ...] = ("multi_modal_projector",)
+    #: regex fragment matching the language model's module path (LoRA targets)
+    language_model_pattern: str = "language_model"
+
+    # ---- build / load
+    def build(self, config: Any, device: str | None = None) -> Any:
+        """A :class:`~exgra.models.ModelBundle` for ``config`` (random from its config dicts, or weights)."""
+        raise NotImplementedError
+
+    def load(self, path: Path, config: Any) -> Any:
+        """The bundle of a saved checkpoint directory ``path`` (``config``: its resolved ModelConfig)."""
+        raise NotImplementedError
+
+    def save(self, bundle: Any, directory: Path) -> None:
+        """Write a stock checkpoint of this family (weights, config, tokenizer, processor files)."""
+        bundle.model.save_pretrained(directory, safe_serialization=True)
+        bundle.tokenizer.save_pretrained(directory)
+        bundle.image_processor.save_pretrained(directory)
+
+    # ---- samples
+    def sample_encoder(
+        self, bundle: Any, max_length: int, human_turn_masking: str = "full", use_im_start_end: bool = True
+    ) -> SampleEncoder:
+        """A function ``(image, conversations) -> item`` (``input_ids``, ``labels``, vision tensors).
+
+        It raises ``ValueError`` with a reason for a sample that cannot be used (e.g. image tokens cut off).
+        """
+        raise NotImplementedError
+
+    def collate_vision(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Batch the per-sample vision tensors (default: concatenate ``pixel_values`` along dim 0)."""
+        return {"pixel_values": torch.cat([item["pixel_values"] for item in items])}
+
+    def vision_keys(self) -> tuple[str, ...]:
+        """Names of the vision tensors of a batch, as the model's forward / ``get_image_features`` take them."""
+        return ("pixel_values",)
+
+    def model_inputs(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        """Forward keyword arguments beside ``input_ids`` / ``attention_mask`` / ``labels`` (default: none)."""
+        return {}
+
+    # ---- features
+    def lm_forward(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lm_loss, pooled_image [B_images, D])`` with the image features computed once."""
+        raise NotImplementedError
+
+    def image_token_features(self, model: Any, vision: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The projector's output per image, ``[N_i, D]`` each: the tokens put in the sequence."""
+        raise NotImplementedError
+
+    def pooled_image_features(self, model: Any, vision: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B_images, D]``: each image's tokens averaged (variable token counts work)."""
+        return torch.stack([tokens.mean(dim=0) for tokens in self.image_token_features(model, vision)])
+
+    def language_model(self, model: Any) -> nn.Module:
+        """The decoder stack without LM head (also through a peft wrapper)."""
+        return _unwrap(model).model.language_model
+
+    def hidden_size(self, model: Any) -> int:
+        return int(_unwrap(model).config.get_text_config().hidden_size)
+
+    # ---- stages and distribution
+    def parameter_group(self, name: str) -> str:
+        """``lora``, ``vision``, ``projector`` or ``llm`` for a parameter name of this family's model."""
+        if _LORA_MARKER in name:
+            return "lora"
+        if any(marker in name for marker in self.projector_markers):
+            return "projector"
+        if any(marker in name for marker in self.vision_markers):
+            return "vision"
+        return "llm"
+
+    def decoder_layer_class(self, model: Any) -> str:
+        """Class name of the language model's decoder layer (accelerate's FSDP ``transformer_layer_cls``)."""
+        layers = self.language_model(model).layers
+        return type(layers[0]).__name__
+
+    # ---- generation
+    def prompt(self, bundle: Any, question: str, template: str | None = None) -> str:
+        """The prompt string for one question about one image (image placeholder not yet expanded)."""
+        raise NotImplementedError
+
+    def preprocess_images(self, bundle: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """PIL images -> this family's vision tensors for one batch."""
+        raise NotImplementedError
+
+    def generation_inputs(
+        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """``model.generate`` keyword arguments for left-padded ``prompts`` (one image each)."""
+        raise NotImplementedError
+
+    def stop_token_ids(self, bundle: Any) -> list[int]:
+        """Token ids that end an answer."""
+        return [bundle.tokenizer.eos_token_id]
+
+    def stop_strings(self, bundle: Any, template: str | None = None) -> list[str]:
+        """Strings that end an answer when they appear in the generated text (none by default)."""
+        return []
+
+    def clean_answer(self, bundle: Any, text: str, template: str | None = None) -> str:
+        return text.strip()
+
+
+def _move(vision: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+    """Vision tensors on the model's device; floating ones in its dtype."""
+    first = next(_unwrap(model).parameters())
+    return {
+        key: value.to(device=first.device, dtype=first.dtype if value.is_floating_point() else value.dtype)
+        for key, value in vision.items()
+    }
+
+
+class ChatFamily(ModelFamily):
+    """A HF-native family with a chat template and ``mm_encoder_outputs`` in its forward.
+
+    Subclasses set :attr:`model_class`, :attr:`config_class`, :attr:`image_processor_class`,
+    :attr:`special_tokens`, :attr:`image_placeholder` (what the chat template writes for an image),
+    :attr:`image_token` (repeated once per image feature), :attr:`chat_template`, and implement
+    :meth:`image_token_string`, :meth:`tiny_config` and :meth:`tiny_image_processor`.
+    """
+
+    model_class: type = object
+    image_processor_class: type = object
+    special_tokens: tuple[str, ...] = ()
+    image_placeholder: str = ""
+    image_token: str = ""
+    end_of_turn: str = ""
+    chat_template: str = ""
+
+    # ---- helpers a subclass fills in
+    def image_token_string(self, bundle: Any, vision: dict[str, torch.Tensor], index: int) -> str:
+        """What the placeholder of image ``index`` of ``vision`` expands to (its image tokens)."""
+        raise NotImplementedError
+
+    def tiny_config(self, config: Any, tokenizer: Any) -> Any:
+        """The transformers config of a random model from ``config.llm_config`` / ``vision_config``."""
+        raise NotImplementedError
+
+    def tiny_image_processor(self, config: Any) -> Any:
+        raise NotImplementedError
+
+    def vision_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {key: batch[key] for key in self.vision_keys()}
+
+    # ---- build / load
+    def _tokenizer(self, config: Any) -> Any:
+        from exgra.models.registry import hub_errors
+        from exgra.models.tokenizer import build_tiny_tokenizer
+
+        source = config.tokenizer or config.llm
+        if source:
+            from transformers import AutoTokenizer
+
+            with hub_errors(source, "tokenizer"):
+                tokenizer = AutoTokenizer.from_pretrained(source)
+        else:
+            tokenizer = build_tiny_tokenizer(model_max_length=config.model_max_length)
+        self.prepare_tokenizer(tokenizer)
+        return tokenizer
+
+    def prepare_tokenizer(self, tokenizer: Any) -> None:
+        """Add the family's special tokens and chat template where a tokenizer lacks them."""
+        vocab = tokenizer.get_vocab()
+        missing = [token for token in self.special_tokens if token not in vocab]
+        if missing:
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = self.end_of_turn or tokenizer.eos_token
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = self.chat_template
+
+    def build(self, config: Any, device: str | None = None) -> Any:
+        from exgra.models.registry import DTYPES, finish_family_bundle, hub_errors
+
+        if config.path:
+            from exgra.models.registry import load_model, runtime_settings
+
+            return load_model(config.path, **runtime_settings(config))
+        if config.llm:
+            # A released checkpoint of this family (local dir or hub id): model, tokenizer, processor.
+            from transformers import AutoImageProcessor
+
+            with hub_errors(config.llm, "model"):
+                if device == "meta":
+                    from transformers import AutoConfig
+
+                    with torch.device("meta"):
+                        model = self.model_class(AutoConfig.from_pretrained(config.llm))
+                else:
+                    model = self.model_class.from_pretrained(config.llm, dtype=DTYPES[config.dtype])
+                tokenizer = self._tokenizer(config)
+                image_processor = AutoImageProcessor.from_pretrained(config.llm)
+            return finish_family_bundle(self, model, tokenizer, image_processor, config)
+        tokenizer = self._tokenizer(config)
+        hf_config = self.tiny_config(config, tokenizer)
+        if device == "meta":
+            with torch.device("meta"):
+                model = self.model_class(hf_config)
+        else:
+            model = self.model_class(hf_config).to(DTYPES[config.dtype])
+        return finish_family_bundle(self, model, tokenizer, self.tiny_image_processor(config), config)
+
+    def load(self, path: Path, config: Any) -> Any:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        from exgra.models.registry import DTYPES, finish_family_bundle
+
+        model = self.model_class.from_pretrained(path, dtype=DTYPES[config.dtype])
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        self.prepare_tokenizer(tokenizer)
+        image_processor = AutoImageProcessor.from_pretrained(path)
+        return finish_family_bundle(self, model, tokenizer, image_processor, config)
+
+    def save(self, bundle: Any, directory: Path) -> None:
+        super().save(bundle, directory)
+        # The processor-level chat template, where AutoProcessor looks for it.
+        (directory / "chat_template.jinja").write_text(bundle.tokenizer.chat_template, encoding="utf-8")
+
+    # ---- samples
+    def render(self, bundle: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return bundle.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _expand(self, bundle: Any, text: str, vision: dict[str, torch.Tensor], first_image: int) -> tuple[str, int]:
+        """Replace each image placeholder in ``text`` by its image tokens; returns text and images used."""
+        pieces = text.split(self.image_placeholder)
+        out = [pieces[0]]
+        for offset, piece in enumerate(pieces[1:]):
+            out.append(self.image_token_string(bundle, vision, first_image + offset))
+            out.append(piece)
+        return "".join(out), len(pieces) - 1
+
+    def sample_encoder(
+        self, bundle: Any, max_length: int, human_turn_masking: str = "full", use_im_start_end: bool = True
+    ) -> SampleEncoder:
+        tokenizer = bundle.tokenizer
+        image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+        def encode(image: Image.Image, conversations: Sequence[Any]) -> dict[str, Any]:
+            vision = self.preprocess_images(bundle, [image])
+            messages = conversation_messages(conversations)
+            segments = segments_from_chat_template(
+                lambda m, g: self.render(bundle, m, g), messages
+            )
+            input_ids: list[int] = []
+            labels: list[int] = []
+            images = 0
+            for text, is_target in segments:
+                text, used = self._expand(bundle, text, vision, images)
+                images += used
+                ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+                input_ids += ids
+                labels += ids if is_target else [IGNORE_INDEX] * len(ids)
+            if images != 1:
+                raise ValueError(f"a training sample needs exactly one <image>, found {images}")
+            expected = sum(1 for token in input_ids if token == image_token_id)
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            kept = sum(1 for token in input_ids if token == image_token_id)
+            if kept != expected:
+                raise ValueError(
+                    f"conversation has {kept} of its {expected} image tokens after truncation to "
+                    f"data.max_length={max_length}; raise max_length"
+                )
+            return {"input_ids": input_ids, "labels": labels, **vision}
+
+        return encode
+
+    def model_inputs(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    # ---- features
+    def _image_outputs(self, model: Any, vision: dict[str, torch.Tensor]) -> Any:
+        return _unwrap(model).model.get_image_features(**_move(vision, model), return_dict=True)
+
+    def image_token_features(self, model: Any, vision: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return list(self._image_outputs(model, vision).pooler_output)
+
+    def lm_forward(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        vision = self.vision_inputs(batch)
+        image_outputs = self._image_outputs(model, vision)
+        extras = {key: value for key, value in vision.items() if key != "pixel_values"}
+        output = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            mm_encoder_outputs={"image": image_outputs},
+            use_cache=False,
+            **extras,
+            **self.model_inputs(model, batch),
+        )
+        pooled = torch.stack([tokens.mean(dim=0) for tokens in image_outputs.pooler_output])
+        return output.loss, pooled
+
+    # ---- generation
+    def prompt(self, bundle: Any, question: str, template: str | None = None) -> str:
+        text = question.replace("<image>", "").strip()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return self.render(bundle, messages, True)
+
+    def preprocess_images(self, bundle: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        from exgra.models.image_processor import to_rgb
+
+        processed = bundle.image_processor([to_rgb(image) for image in images], return_tensors="pt")
+        return {key: processed[key] for key in self.vision_keys()}
+
+    def generation_inputs(
+        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        texts = []
+        for index, prompt in enumerate(prompts):
+            text, used = self._expand(bundle, prompt, vision, index)
+            if used != 1:
+                raise ValueError(f"a prompt needs exactly one image placeholder, found {used}")
+            texts.append(text)
+        tokenizer = bundle.tokenizer
+        previous = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tokenizer.padding_side = previous
+        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        moved = _move(vision, bundle.model)
+        device = moved["pixel_values"].device
+        batch = {key: value.to(device) for key, value in batch.items()}
+        return {**batch, **moved, **self.model_inputs(bundle.model, batch)}
+
+    def stop_token_ids(self, bundle: Any) -> list[int]:
+        tokenizer = bundle.tokenizer
+        ids = [tokenizer.convert_tokens_to_ids(self.end_of_turn)] if self.end_of_turn else []
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+            ids.append(tokenizer.eos_token_id)
+        return ids
