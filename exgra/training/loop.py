@@ -247,7 +247,6 @@ def run_training(
     from exgra.data.collate import TrainingCollator
     from exgra.data.datasets import SupervisedDataset, select_fraction
     from exgra.data.records import BadRecordTracker, load_pretrain_records, load_vqa_records
-    from exgra.data.templates import get_template
     from exgra.training.stages import apply_stage
     from exgra.training.steps import TrainingModule
 
@@ -342,9 +341,9 @@ def run_training(
         records,
         data_cfg.image_folder,
         tokenizer,
-        get_template(bundle.template),
-        bundle.image_processor,
-        bundle.num_image_tokens,
+        None,  # the family's encoder below replaces template, image processor and image-token count
+        None,
+        0,
         data_cfg.max_length,
         human_turn_masking=data_cfg.human_turn_masking,
         alignment_texts=alignment is not None,

@@ -54,7 +54,8 @@ def conversation_messages(conversations: Sequence[Any]) -> list[dict[str, Any]]:
 
     messages = []
     for turn in conversations:
-        role, value = _turn(turn)
+        # Records' Turn objects name the role "speaker"; their JSON form is {"from", "value"}.
+        role, value = _turn(turn.model_dump(by_alias=True) if hasattr(turn, "model_dump") else turn)
         parts: list[dict[str, Any]] = []
         pieces = value.split(IMAGE_PLACEHOLDER)
         for index, piece in enumerate(pieces):
