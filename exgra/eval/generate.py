@@ -155,16 +155,22 @@ class AnswerGenerator:
         self, bundle: Any, template: str | None = None, settings: GenerationSettings | None = None
     ) -> None:
         from exgra.data.templates import get_template, image_token_string
+        from exgra.models.families import family_of
 
         self.bundle = bundle
         self.model = bundle.model
         self.tokenizer = bundle.tokenizer
-        self.template_name = template or bundle.template
-        self.template = get_template(self.template_name)
+        # The model family decides prompts, vision inputs, stop tokens and answer clean-up.
+        self.family = family_of(bundle)
+        native = bundle.template == "native"
+        self.template_name = bundle.template if native else (template or bundle.template)
+        self.template = None if native else get_template(self.template_name)
         self.settings = settings or GenerationSettings()
         use_start_end = getattr(getattr(bundle, "config", None), "use_im_start_end", True)
-        self.image_tokens = image_token_string(bundle.num_image_tokens, use_start_end=use_start_end)
-        self.stop_strings = [s for s in self.template.stop_strings if s]
+        self.image_tokens = (
+            "" if native else image_token_string(bundle.num_image_tokens, use_start_end=use_start_end)
+        )
+        self.stop_strings = self.family.stop_strings(bundle, self.template_name)
 
     @property
     def device(self) -> torch.device:
@@ -176,16 +182,17 @@ class AnswerGenerator:
 
     def build_prompt(self, question: str) -> str:
         """The full prompt string for one question (template + image tokens)."""
-        return self.template.prompt(question_text(question), self.image_tokens)
+        return self.family.prompt(self.bundle, question, self.template_name)
 
     def prompt_lengths(self, questions: Sequence[str]) -> list[int]:
         """Token count of each question's prompt (used to sort a run into length-homogeneous batches)."""
         prompts = [self.build_prompt(q) for q in questions]
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> ``pixel_values [B, 3, S, S]`` with the model's image processor."""
-        return self.bundle.image_processor(list(images))
+    def preprocess(self, images: Sequence[Image.Image]) -> Any:
+        """PIL images -> the family's vision inputs (``pixel_values [B, 3, S, S]`` for LLaVA)."""
+        vision = self.family.preprocess_images(self.bundle, list(images))
+        return vision["pixel_values"] if list(vision) == ["pixel_values"] else vision
 
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
@@ -206,21 +213,23 @@ class AnswerGenerator:
         return text.strip()
 
     @torch.inference_mode()
-    def generate(self, questions: Sequence[str], pixel_values: torch.Tensor) -> list[GeneratedAnswer]:
-        """Answer ``questions`` (one image each, ``pixel_values [B, 3, S, S]``) in one batched call."""
-        if len(questions) != pixel_values.shape[0]:
-            raise ValueError(f"{len(questions)} questions but {pixel_values.shape[0]} images")
+    def generate(self, questions: Sequence[str], pixel_values: Any) -> list[GeneratedAnswer]:
+        """Answer ``questions`` (one image each) in one batched call; ``pixel_values`` is what
+        :meth:`preprocess` returned (``[B, 3, S, S]`` for LLaVA, the family's vision dict otherwise)."""
+        vision = pixel_values if isinstance(pixel_values, dict) else {"pixel_values": pixel_values}
+        images = len(vision["image_grid_thw"]) if "image_grid_thw" in vision else vision["pixel_values"].shape[0]
+        if len(questions) != images:
+            raise ValueError(f"{len(questions)} questions but {images} images")
         if not questions:
             return []
-        inputs = self.encode([self.build_prompt(q) for q in questions])
-        input_ids = inputs["input_ids"].to(self.device)
-        attention_mask = inputs["attention_mask"].to(self.device)
+        inputs = self.family.generation_inputs(self.bundle, [self.build_prompt(q) for q in questions], vision)
+        input_ids = inputs["input_ids"]
         settings = self.settings
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": self.family.stop_token_ids(self.bundle),
         }
         if settings.do_sample:
             torch.manual_seed(settings.seed)
@@ -234,19 +243,14 @@ class AnswerGenerator:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_StopOnStrings(self.tokenizer, self.stop_strings, input_ids.shape[1])]
             )
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values.to(device=self.device, dtype=self.dtype),
-            **kwargs,
-        )
+        output = self.model.generate(**inputs, **kwargs)
         new_tokens = output[:, input_ids.shape[1] :].cpu()
         answers = []
         for row in new_tokens:
             count = int((row != self.tokenizer.pad_token_id).sum())
             decoded = self.tokenizer.decode(row, skip_special_tokens=True)
             raw = self._cut(decoded)
-            answers.append(GeneratedAnswer(self.template.clean_answer(raw).strip(), raw, count))
+            answers.append(GeneratedAnswer(self.family.clean_answer(self.bundle, raw, self.template_name), raw, count))
         return answers
 
     def answer(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[GeneratedAnswer]:
