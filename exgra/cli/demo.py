@@ -47,6 +47,9 @@ def demo(
         None, "--threads", min=1, help="CPU threads for torch (default: half the cores, at most 4)."
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Show each phase's own output and progress bars."),
+    model: str | None = typer.Option(
+        None, "--model", help="Offline registry entry every arm starts from (tiny, tiny-qwen2.5-vl, tiny-gemma3, ...)."
+    ),
 ) -> None:
     """Run the ExGra-Med pipeline on real medical images with the tiny model, offline, on a CPU.
 
@@ -68,6 +71,7 @@ def demo(
         fractions=_fractions(fractions),
         steps_scale=steps_scale,
         num_samples=num_samples,
+        model=model,
     )
     output_dir = output_dir or Path("exgra-demo-quick" if quick else "exgra-demo")
     console = Console(file=sys.stdout)

@@ -226,6 +226,43 @@ _TINY_GEMMA3 = {
     },
     "hf_config": {"mm_tokens_per_image": 4},
 }
+_TINY_SMOLVLM = {
+    "family": "smolvlm",
+    "template": "native",
+    "llm_config": dict(_TINY_TEXT),
+    "vision_config": {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    },
+    "hf_config": {"scale_factor": 2},
+}
+_SMOLVLM_256M = {
+    "family": "smolvlm",
+    "template": "native",
+    "dtype": "bfloat16",
+    "llm_config": {
+        "vocab_size": 49280,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "max_position_embeddings": 8192,
+    },
+    "vision_config": {
+        "image_size": 512,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
+    "hf_config": {"scale_factor": 4},
+}
 _TINY_SIGLIP = {
     "image_size": 32,
     "patch_size": 8,
@@ -396,6 +433,13 @@ _REGISTRY: dict[str, ModelSpec] = {
             _TINY_GEMMA3,
         ),
         ModelSpec(
+            "tiny-smolvlm",
+            "random tiny SmolVLM / Idefics3 (images split into tiles: 4 tokens per tile)",
+            "≈0.6 M",
+            True,
+            _TINY_SMOLVLM,
+        ),
+        ModelSpec(
             "tiny-llava-siglip",
             "random tiny LLaVA with a Mistral LM and a SigLIP tower (chat template, 16 image tokens)",
             "≈2.1 M",
@@ -422,6 +466,13 @@ _REGISTRY: dict[str, ModelSpec] = {
             "≈4.3 B",
             False,
             _MEDGEMMA_4B,
+        ),
+        ModelSpec(
+            "smolvlm-256m",
+            "SmolVLM-256M-Instruct, the laptop-sized VLM: llm=<local dir or HuggingFaceTB/SmolVLM-256M-Instruct>",
+            "≈256 M",
+            False,
+            _SMOLVLM_256M,
         ),
         ModelSpec(
             "llava-1.5-7b",

@@ -24,7 +24,7 @@ from exgra.training import load_train_config, run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "exgra" / "configs"
-FAMILY_MODELS = ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-gemma3", "tiny-llava-siglip"]
+FAMILY_MODELS = ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-gemma3", "tiny-smolvlm", "tiny-llava-siglip"]
 STEPS = 20
 
 

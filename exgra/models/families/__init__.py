@@ -13,6 +13,7 @@ from exgra.models.families.base import ChatFamily, ModelFamily
 from exgra.models.families.gemma3 import Gemma3Family
 from exgra.models.families.llava import LlavaFamily
 from exgra.models.families.qwen import Qwen2_5_VLFamily, Qwen3VLFamily
+from exgra.models.families.smolvlm import SmolVLMFamily
 
 __all__ = ["ChatFamily", "ModelFamily", "family_for_model_type", "family_of", "get_family", "list_families"]
 
@@ -23,6 +24,7 @@ _FAMILIES: dict[str, ModelFamily] = {
         Qwen2_5_VLFamily(),
         Qwen3VLFamily(),
         Gemma3Family(),
+        SmolVLMFamily(),
     )
 }
 

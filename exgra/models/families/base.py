@@ -429,7 +429,7 @@ class ChatFamily(ModelFamily):
         finally:
             tokenizer.padding_side = previous
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        moved = _move(vision, bundle.model)
+        moved = _move({key: vision[key] for key in self.vision_keys()}, bundle.model)
         device = moved["pixel_values"].device
         batch = {key: value.to(device) for key, value in batch.items()}
         return {**batch, **moved, **self.model_inputs(bundle.model, batch)}
