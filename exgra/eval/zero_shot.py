@@ -172,6 +172,8 @@ def option_log_likelihoods(
     The option tokens are those of ``prompt + prefix + " " + option`` after the longest common token
     prefix with ``prompt + prefix``, so a merge at the boundary cannot hide or duplicate a token.
     """
+    if generator.template is None:  # a family with its own chat template: the family builds the inputs
+        return _family_option_log_likelihoods(generator, questions, pixel_values, options)
     model, tokenizer = generator.model, generator.tokenizer
     rows: list[list[int]] = []
     spans: list[tuple[int, int]] = []
@@ -205,6 +207,35 @@ def option_log_likelihoods(
     for row_index, (start, end) in enumerate(spans):
         total = float(token_log_probs[row_index, start - 1 : end - 1].sum())
         results[owners[row_index]].append((total, end - start))
+    return results
+
+
+def _family_option_log_likelihoods(
+    generator: Any, questions: Sequence[str], vision: Any, options: Sequence[Sequence[str]]
+) -> list[list[tuple[float, int]]]:
+    """:func:`option_log_likelihoods` for chat-template families: one left-padded row per option, with
+    the question's image selected by the family; an option's tokens are the last tokens of its row."""
+    family, bundle, tokenizer = generator.family, generator.bundle, generator.tokenizer
+    vision = vision if isinstance(vision, dict) else {"pixel_values": vision}
+    texts, counts, owners = [], [], []
+    for index, (question, choices) in enumerate(zip(questions, options, strict=True)):
+        context = generator.build_prompt(question)
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        for choice in choices:
+            full_ids = tokenizer(f"{context} {choice}", add_special_tokens=False)["input_ids"]
+            start = min(_common_prefix(context_ids, full_ids), len(full_ids) - 1)
+            texts.append(f"{context} {choice}")
+            counts.append(len(full_ids) - start)
+            owners.append(index)
+    inputs = family.generation_inputs(bundle, texts, family.select_images(vision, owners))
+    logits = generator.model(**inputs).logits.float()  # [R, L, V]
+    input_ids = inputs["input_ids"]
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+    token_log_probs = log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [R, L - 1]
+    results: list[list[tuple[float, int]]] = [[] for _ in questions]
+    for row, (count, owner) in enumerate(zip(counts, owners, strict=True)):
+        # Left padding: every row ends at the last position, so its option is the last `count` tokens.
+        results[owner].append((float(token_log_probs[row, -count:].sum()), count))
     return results
 
 

@@ -277,3 +277,33 @@ def test_eval_and_ask_answer_with_the_trained_model(name, demo, runs_root, tmp_p
     asked = run_exgra("ask", "--model", final_dir, "--image", image, "--max-new-tokens", "4", "What is shown?")
     assert asked.exit_code == 0, asked.stderr
     assert asked.stdout.strip() or asked.stdout == "\n"  # an answer line (random weights may say nothing)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY_MODELS if "llava" not in n])
+def test_zero_shot_option_scores_match_one_unpadded_forward_per_option(name, demo, runs_root, tmp_path, run_exgra):
+    """Batched, left-padded, images selected per option == each option scored alone (no padding)."""
+    from exgra.data.records import load_image
+    from exgra.eval.generate import AnswerGenerator, load_inference_model
+    from exgra.eval.zero_shot import option_log_likelihoods
+
+    final_dir = _trained_run(name, demo, runs_root)
+    generator = AnswerGenerator(load_inference_model(final_dir, device="cpu"))
+    family, bundle = generator.family, generator.bundle
+    names = sorted(p.name for p in Path(demo.image_folder).iterdir())[:2]
+    images = [load_image(demo.image_folder, n) for n in names]
+    questions = ["What is shown?", "Which organ?"]
+    options = [["a chest", "cells"], ["the liver", "a retina image", "no"]]
+    batched = option_log_likelihoods(generator, questions, generator.preprocess(images), options)
+    tokenizer = bundle.tokenizer
+    for image, question, choices, scores in zip(images, questions, options, batched, strict=True):
+        vision = family.preprocess_images(bundle, [image])
+        context = generator.build_prompt(question)
+        for choice, (total, count) in zip(choices, scores, strict=True):
+            inputs = family.generation_inputs(bundle, [f"{context} {choice}"], vision)
+            with torch.no_grad():
+                logits = bundle.model(**inputs).logits[0].float()
+            ids = inputs["input_ids"][0]
+            option_ids = tokenizer(f" {choice}", add_special_tokens=False)["input_ids"]
+            assert count >= 1 and ids[-count:].tolist()[-1] == option_ids[-1]
+            log_probs = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None])[:, 0]
+            assert total == pytest.approx(float(log_probs[-count:].sum()), abs=1e-4)

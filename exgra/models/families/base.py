@@ -197,6 +197,11 @@ class ModelFamily:
         """``model.generate`` keyword arguments for left-padded ``prompts`` (one image each)."""
         raise NotImplementedError
 
+    def select_images(self, vision: dict[str, torch.Tensor], indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The vision tensors of images ``indices`` (repeats allowed), e.g. one copy per answer option."""
+        index = torch.tensor(list(indices), dtype=torch.long)
+        return {key: value[index.to(value.device)] for key, value in vision.items()}
+
     def stop_token_ids(self, bundle: Any) -> list[int]:
         """Token ids that end an answer."""
         return [bundle.tokenizer.eos_token_id]

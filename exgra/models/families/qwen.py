@@ -63,6 +63,15 @@ class _QwenFamily(ChatFamily):
     def collate_vision(self, items: Any) -> dict[str, torch.Tensor]:
         return {key: torch.cat([item[key] for item in items]) for key in self.vision_keys()}
 
+    def select_images(self, vision: dict[str, torch.Tensor], indices: Any) -> dict[str, torch.Tensor]:
+        # pixel_values is every image's patches back to back: cut it by each image's patch count.
+        grids = vision["image_grid_thw"]
+        patches = list(vision["pixel_values"].split(grids.prod(dim=1).tolist()))
+        return {
+            "pixel_values": torch.cat([patches[i] for i in indices]),
+            "image_grid_thw": grids[torch.tensor(list(indices), dtype=torch.long)],
+        }
+
     def image_token_string(self, bundle: Any, vision: dict[str, torch.Tensor], index: int) -> str:
         merge = bundle.model.config.vision_config.spatial_merge_size
         count = int(vision["image_grid_thw"][index].prod()) // (merge * merge)
