@@ -54,6 +54,9 @@ class ModelConfig(Section):
     )
     use_im_start_end: bool = Field(True, description="wrap image patch tokens in <im_start> ... <im_end>")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA base weights (bitsandbytes NF4; CUDA + the gpu extra; LoRA only)"
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     padding_side: Literal["left", "right"] = Field(
         "left", description="tokenizer padding side; left is required for batched generation"

@@ -299,12 +299,20 @@ def run_training(
     set_seed(train_cfg.seed)
 
     # ---- model, stage preset, alignment module
+    if config.model.quantization != "none" and not train_cfg.lora.enabled:
+        raise ConfigError("model.quantization=4bit trains through adapters only: set train.lora.enabled=true")
     bundle = build_model_bundle(config)
     family = bundle.family
     model = bundle.model
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if train_cfg.lora.enabled:
+        if config.model.quantization != "none":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=train_cfg.gradient_checkpointing
+            )
         model = _apply_lora(model, config, family.language_model_pattern)
     counts = apply_stage(model, train_cfg.stage, lora=train_cfg.lora.enabled, group_of=family.parameter_group)
     alignment = None

@@ -307,3 +307,20 @@ def test_zero_shot_option_scores_match_one_unpadded_forward_per_option(name, dem
             assert count >= 1 and ids[-count:].tolist()[-1] == option_ids[-1]
             log_probs = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[1:, None])[:, 0]
             assert total == pytest.approx(float(log_probs[-count:].sum()), abs=1e-4)
+
+
+def test_qlora_without_cuda_fails_with_one_clear_line(demo, tmp_path, run_exgra):
+    result = run_exgra(
+        "train", "stage2", "--config", CONFIGS / "tiny_stage2.yaml", "--output-dir", tmp_path / "run",
+        "model.name=qwen2.5-vl-7b", "model.llm=/nowhere", "model.quantization=4bit", "train.lora.enabled=true",
+        f"data.train_json={demo.pretrain}", f"data.image_folder={demo.image_folder}",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "CUDA" in lines[0] and "Traceback" not in result.stderr
+    no_lora = run_exgra(
+        "train", "stage2", "--config", CONFIGS / "tiny_stage2.yaml", "--output-dir", tmp_path / "run2",
+        "model.name=qwen2.5-vl-7b", "model.quantization=4bit",
+        f"data.train_json={demo.pretrain}", f"data.image_folder={demo.image_folder}",
+    )  # fmt: skip
+    assert no_lora.exit_code == 1 and "train.lora.enabled=true" in no_lora.stderr

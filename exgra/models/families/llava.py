@@ -42,6 +42,15 @@ class LlavaFamily(ModelFamily):
     def build(self, config: Any, device: str | None = None) -> Any:
         from exgra.models.registry import build_llava
 
+        if config.quantization != "none":
+            from exgra.errors import ConfigError
+            from exgra.models.families.base import quantization_kwargs
+
+            quantization_kwargs(config)  # CUDA / bitsandbytes first, then what is missing here
+            raise ConfigError(
+                "model.quantization=4bit is wired for the qwen2.5-vl, qwen3-vl, gemma3 and smolvlm families; "
+                "train LLaVA models with LoRA in bf16"
+            )
         return build_llava(config, device)
 
     def load(self, path: Path, config: Any) -> Any:
