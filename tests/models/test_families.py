@@ -324,3 +324,39 @@ def test_qlora_without_cuda_fails_with_one_clear_line(demo, tmp_path, run_exgra)
         f"data.train_json={demo.pretrain}", f"data.image_folder={demo.image_folder}",
     )  # fmt: skip
     assert no_lora.exit_code == 1 and "train.lora.enabled=true" in no_lora.stderr
+
+
+@pytest.mark.parametrize(
+    ("accelerate_config", "name"),
+    [
+        ("fsdp_qwen2_5_vl.yaml", "tiny-qwen2.5-vl"),
+        ("fsdp_qwen3_vl.yaml", "tiny-qwen3-vl"),
+        ("fsdp_gemma3.yaml", "tiny-gemma3"),
+        ("fsdp_smolvlm.yaml", "tiny-smolvlm"),
+        ("fsdp_llava_mistral.yaml", "tiny-llava-siglip"),
+    ],
+)
+def test_fsdp_configs_wrap_the_family_decoder_layer(accelerate_config, name):
+    import yaml
+
+    data = yaml.safe_load((CONFIGS / "accelerate" / accelerate_config).read_text())
+    bundle = create_model(name)
+    wrapped = data["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+    assert wrapped == bundle.family.decoder_layer_class(bundle.model)
+    assert wrapped in {type(m).__name__ for m in bundle.model.modules()}
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml") if "_v1_5" in p.name or "medgemma" in p.name or "qwen2_5" in p.name))
+def test_family_recipes_validate_and_open_with_their_command(recipe):
+    text = (CONFIGS / recipe).read_text()
+    stage = "finetune" if recipe.startswith("finetune") else "stage2"
+    first = text.splitlines()[0]
+    assert first.startswith("# ") and f"--config exgra/configs/{recipe}" in first
+    assert ("exgra finetune" if stage == "finetune" else "exgra train stage2") in first
+    config = load_train_config(stage, CONFIGS / recipe, [])
+    assert config.alignment.enabled == (stage == "stage2")
+    assert config.train.lora.enabled == ("lora" in recipe)
+    assert (config.model.quantization == "4bit") == ("qlora" in recipe)
+    match = [part for part in first.split() if part.startswith("exgra/configs/accelerate/")]
+    for path in match:
+        assert (ROOT / path).is_file()
