@@ -1,6 +1,9 @@
 """Stage-2 step time: alignment off, on (reference: two text passes), on (packed: one text pass).
 
-Run from the repository root:  python bench/train_step.py [--models tiny small] [--batch 8] [--steps 5]
+Run from the repository root:  python bench/train_step.py [--models tiny tiny-qwen2.5-vl ...] [--batch 8]
+
+One row per model; the tiny entries of every family (Qwen2.5-VL, Qwen3-VL, Gemma 3, SmolVLM, LLaVA with
+Mistral + SigLIP) run through their family adapter exactly as training does.
 
 Everything is measured side by side in one run on the same batch (real optimizer step: forward,
 backward, AdamW); the three variants take turns step by step. "align share" is the time of the
@@ -49,15 +52,16 @@ def _batch(bundle, batch_size: int) -> dict:
     from exgra.data.collate import TrainingCollator
     from exgra.data.datasets import SupervisedDataset
     from exgra.data.records import PretrainRecord
-    from exgra.data.templates import get_template
 
     folder = Path(tempfile.mkdtemp(prefix="exgra-bench-"))
     records = [PretrainRecord.model_validate(r) for r in _records(folder, batch_size)]
+    family = bundle.family
     dataset = SupervisedDataset(
-        records, folder, bundle.tokenizer, get_template(bundle.template), bundle.image_processor,
-        bundle.num_image_tokens, 1024, alignment_texts=True,
+        records, folder, bundle.tokenizer, None, None, 0, 1024, alignment_texts=True,
+        encoder=family.sample_encoder(bundle, 1024),
     )  # fmt: skip
-    return TrainingCollator(bundle.tokenizer.pad_token_id)([dataset[i] for i in range(batch_size)])
+    collator = TrainingCollator(bundle.tokenizer.pad_token_id, family.collate_vision)
+    return collator([dataset[i] for i in range(batch_size)])
 
 
 def _time_steps(modules: dict[str, torch.nn.Module], batch: dict, steps: int) -> dict[str, float]:
@@ -94,7 +98,19 @@ def _time_alignment(alignment, dim: int, batch_size: int, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "small"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "tiny",
+            "small",
+            "tiny-qwen2.5-vl",
+            "tiny-qwen3-vl",
+            "tiny-gemma3",
+            "tiny-smolvlm",
+            "tiny-llava-siglip",
+        ],
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
@@ -110,7 +126,7 @@ def main() -> None:
         f"batch {args.batch}, median of {args.steps} steps"
     )
     header = (
-        f"{'model':<6} {'params':>8} {'align off':>10} {'on (ref)':>10} {'on (packed)':>12} "
+        f"{'model':<18} {'family':<11} {'params':>8} {'align off':>10} {'on (ref)':>10} {'on (packed)':>12} "
         f"{'packed/ref':>10} {'align share':>12}"
     )
     print(header)
@@ -118,23 +134,27 @@ def main() -> None:
     for name in args.models:
         bundle = create_model(name)
         model = bundle.model
-        apply_stage(model, "stage2")
-        dim = model.config.text_config.hidden_size
+        family = bundle.family
+        apply_stage(model, "stage2", group_of=family.parameter_group)
+        dim = family.hidden_size(model)
         alignment = MultiGraphAlignment(AlignmentConfig(), feature_dim=dim)
         batch = _batch(bundle, args.batch)
         pad = bundle.tokenizer.pad_token_id
         # The variants share the weights (each step also updates them): only the passes differ.
         variants = {
-            "off": TrainingModule(model, None, pad_token_id=pad),
-            "ref": TrainingModule(model, alignment, pad_token_id=pad),
-            "packed": TrainingModule(model, alignment, pack_text_passes=True, pad_token_id=pad),
+            "off": TrainingModule(model, None, pad_token_id=pad, family=family),
+            "ref": TrainingModule(model, alignment, pad_token_id=pad, family=family),
+            "packed": TrainingModule(
+                model, alignment, pack_text_passes=True, pad_token_id=pad, family=family
+            ),
         }
         timings = _time_steps(variants, batch, args.steps)
         off, ref, packed = timings["off"], timings["ref"], timings["packed"]
         align = _time_alignment(alignment, dim, args.batch, args.steps)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(
-            f"{name:<6} {params:>7.1f}M {off:>9.3f}s {ref:>9.3f}s {packed:>11.3f}s {packed / ref:>10.2f} "
+            f"{name:<18} {family.name:<11} {params:>7.1f}M {off:>9.3f}s {ref:>9.3f}s {packed:>11.3f}s "
+            f"{packed / ref:>10.2f} "
             f"{align / ref:>11.0%}"
         )
 

@@ -48,7 +48,9 @@ def demo(
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Show each phase's own output and progress bars."),
     model: str | None = typer.Option(
-        None, "--model", help="Offline registry entry every arm starts from (tiny, tiny-qwen2.5-vl, tiny-gemma3, ...)."
+        None,
+        "--model",
+        help="Offline registry entry every arm starts from (tiny, tiny-qwen2.5-vl, tiny-gemma3, ...).",
     ),
 ) -> None:
     """Run the ExGra-Med pipeline on real medical images with the tiny model, offline, on a CPU.

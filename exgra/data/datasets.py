@@ -114,7 +114,13 @@ class SupervisedDataset(Dataset):
         self.max_length = max_length
         self.alignment_texts = alignment_texts
         self.encoder = encoder or TemplateEncoder(
-            tokenizer, template, image_processor, num_image_tokens, max_length, human_turn_masking, use_im_start_end
+            tokenizer,
+            template,
+            image_processor,
+            num_image_tokens,
+            max_length,
+            human_turn_masking,
+            use_im_start_end,
         )
         if alignment_texts:
             missing = [str(r.id) for r in self.records if not getattr(r, "conversations_long", None)]

@@ -217,7 +217,9 @@ class AnswerGenerator:
         """Answer ``questions`` (one image each) in one batched call; ``pixel_values`` is what
         :meth:`preprocess` returned (``[B, 3, S, S]`` for LLaVA, the family's vision dict otherwise)."""
         vision = pixel_values if isinstance(pixel_values, dict) else {"pixel_values": pixel_values}
-        images = len(vision["image_grid_thw"]) if "image_grid_thw" in vision else vision["pixel_values"].shape[0]
+        images = (
+            len(vision["image_grid_thw"]) if "image_grid_thw" in vision else vision["pixel_values"].shape[0]
+        )
         if len(questions) != images:
             raise ValueError(f"{len(questions)} questions but {images} images")
         if not questions:
@@ -250,7 +252,9 @@ class AnswerGenerator:
             count = int((row != self.tokenizer.pad_token_id).sum())
             decoded = self.tokenizer.decode(row, skip_special_tokens=True)
             raw = self._cut(decoded)
-            answers.append(GeneratedAnswer(self.family.clean_answer(self.bundle, raw, self.template_name), raw, count))
+            answers.append(
+                GeneratedAnswer(self.family.clean_answer(self.bundle, raw, self.template_name), raw, count)
+            )
         return answers
 
     def answer(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[GeneratedAnswer]:

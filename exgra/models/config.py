@@ -22,16 +22,20 @@ class ModelConfig(Section):
 
     name: str = Field("tiny", description="registry entry this config started from")
     family: str = Field(
-        "llava", description="model family (exgra.models.families): llava, qwen2.5-vl, qwen3-vl, gemma3, smolvlm"
+        "llava",
+        description="model family (exgra.models.families): llava, qwen2.5-vl, qwen3-vl, gemma3, smolvlm",
     )
     path: str | None = Field(None, description="directory of a saved or converted exgra checkpoint")
     llm: str | None = Field(None, description="LLaMA-family weights for a fresh build: local dir or hub name")
     tokenizer: str | None = Field(None, description="tokenizer source; default: `llm`, else the built-in one")
     vision_tower: str | None = Field(None, description="CLIP vision weights (dir or hub name); None = random")
     vision_type: Literal["clip", "siglip", "biomedclip"] = "clip"
-    llm_type: Literal["llama", "mistral"] = Field("llama", description="LLaVA family: the language model's type")
+    llm_type: Literal["llama", "mistral"] = Field(
+        "llama", description="LLaVA family: the language model's type"
+    )
     llm_config: dict[str, Any] = Field(
-        default_factory=dict, description="text config fields (LlamaConfig for LLaVA; the family's text config)"
+        default_factory=dict,
+        description="text config fields (LlamaConfig for LLaVA; the family's text config)",
     )
     vision_config: dict[str, Any] = Field(
         default_factory=dict, description="vision config fields (CLIPVisionConfig for LLaVA; the family's)"

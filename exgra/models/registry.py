@@ -469,7 +469,7 @@ _REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "smolvlm-256m",
-            "SmolVLM-256M-Instruct, the laptop-sized VLM: llm=<local dir or HuggingFaceTB/SmolVLM-256M-Instruct>",
+            "SmolVLM-256M-Instruct, laptop-sized: llm=<local dir or HuggingFaceTB/SmolVLM-256M-Instruct>",
             "≈256 M",
             False,
             _SMOLVLM_256M,

@@ -321,9 +321,7 @@ def run_training(
         from exgra.alignment.config import AlignmentConfig
 
         alignment_config = AlignmentConfig(**align_cfg.model_dump(include=set(AlignmentConfig.model_fields)))
-        alignment = MultiGraphAlignment(
-            alignment_config, feature_dim=family.hidden_size(bundle.model)
-        )
+        alignment = MultiGraphAlignment(alignment_config, feature_dim=family.hidden_size(bundle.model))
     tokenizer = bundle.tokenizer
     module = TrainingModule(
         model,

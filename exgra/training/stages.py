@@ -6,8 +6,9 @@
 | stage2   | LLM (+ embeddings, LM head), projector, GNN | vision tower  | LM + alpha * alignment   |
 | finetune | LLM + projector                             | vision tower  | LM                       |
 
-Parameters are grouped by name by the model family (:meth:`exgra.models.families.ModelFamily.parameter_group`):
-the vision tower, the projector (LLaVA's ``multi_modal_projector``, Qwen's ``visual.merger``, SmolVLM's
+Parameters are grouped by name by the model family
+(:meth:`exgra.models.families.ModelFamily.parameter_group`): the vision tower, the projector (LLaVA's
+``multi_modal_projector``, Qwen's ``visual.merger``, SmolVLM's
 ``connector``) and everything else, which is the language model.
 """
 

@@ -34,7 +34,9 @@ def pooled_text_features(
         hidden = model.get_input_embeddings()(input_ids)
     else:
         decoder = (family or _default_family()).language_model(model)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True
+        ).last_hidden_state
     return pool_hidden_states(hidden, attention_mask, pooling)
 
 
@@ -59,9 +61,11 @@ def _packed_text_features(
     if text_source == "embeddings":
         hidden = model.get_input_embeddings()(ids)
     else:
-        hidden = (family or _default_family()).language_model(model)(
-            input_ids=ids, attention_mask=mask, return_dict=True
-        ).last_hidden_state
+        hidden = (
+            (family or _default_family())
+            .language_model(model)(input_ids=ids, attention_mask=mask, return_dict=True)
+            .last_hidden_state
+        )
     features, start = [], 0
     for batch_ids, _ in batches:
         rows = slice(start, start + batch_ids.shape[0])

@@ -173,7 +173,9 @@ def test_align_loss_gradient_reaches_projector_and_language_model(name, demo):
     bundle = create_model(name)
     family = bundle.family
     alignment = MultiGraphAlignment(AlignmentConfig(), feature_dim=family.hidden_size(bundle.model))
-    module = TrainingModule(bundle.model, alignment, family=family, pad_token_id=bundle.tokenizer.pad_token_id)
+    module = TrainingModule(
+        bundle.model, alignment, family=family, pad_token_id=bundle.tokenizer.pad_token_id
+    )
     losses = module(_one_batch(bundle, demo))
     assert torch.isfinite(losses["align_loss"]) and float(losses["align_loss"].detach()) > 0
     losses["align_loss"].backward()
@@ -229,7 +231,8 @@ AutoTokenizer.from_pretrained(path); AutoImageProcessor.from_pretrained(path)
 with torch.no_grad():
     logits = model(**inputs).logits
 assert not any(name.startswith("exgra") for name in sys.modules), "exgra was imported"
-save_file({"logits": logits.contiguous(), "name": torch.tensor(list(type(model).__name__.encode()))}, sys.argv[3])
+name = torch.tensor(list(type(model).__name__.encode()))
+save_file({"logits": logits.contiguous(), "name": name}, sys.argv[3])
 """
 
 
@@ -248,7 +251,14 @@ def test_saved_checkpoint_loads_in_stock_transformers_with_identical_logits(name
     save_file({k: v.contiguous() for k, v in inputs.items()}, str(tmp_path / "inputs.safetensors"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [sys.executable, "-c", _STOCK, str(final_dir), str(tmp_path / "inputs.safetensors"), str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-c",
+            _STOCK,
+            str(final_dir),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         env={**env, "OMP_NUM_THREADS": "1"},
@@ -274,13 +284,17 @@ def test_eval_and_ask_answer_with_the_trained_model(name, demo, runs_root, tmp_p
     expected = min(5, len(json.loads(Path(demo.test).read_text())))
     assert len(lines) == expected and all(isinstance(line["text"], str) for line in lines)
     image = sorted(Path(demo.image_folder).rglob("*.png"))[0]
-    asked = run_exgra("ask", "--model", final_dir, "--image", image, "--max-new-tokens", "4", "What is shown?")
+    asked = run_exgra(
+        "ask", "--model", final_dir, "--image", image, "--max-new-tokens", "4", "What is shown?"
+    )
     assert asked.exit_code == 0, asked.stderr
     assert asked.stdout.strip() or asked.stdout == "\n"  # an answer line (random weights may say nothing)
 
 
 @pytest.mark.parametrize("name", [n for n in FAMILY_MODELS if "llava" not in n])
-def test_zero_shot_option_scores_match_one_unpadded_forward_per_option(name, demo, runs_root, tmp_path, run_exgra):
+def test_zero_shot_option_scores_match_one_unpadded_forward_per_option(
+    name, demo, runs_root, tmp_path, run_exgra
+):
     """Batched, left-padded, images selected per option == each option scored alone (no padding)."""
     from exgra.data.records import load_image
     from exgra.eval.generate import AnswerGenerator, load_inference_model
@@ -312,7 +326,8 @@ def test_zero_shot_option_scores_match_one_unpadded_forward_per_option(name, dem
 def test_qlora_without_cuda_fails_with_one_clear_line(demo, tmp_path, run_exgra):
     result = run_exgra(
         "train", "stage2", "--config", CONFIGS / "tiny_stage2.yaml", "--output-dir", tmp_path / "run",
-        "model.name=qwen2.5-vl-7b", "model.llm=/nowhere", "model.quantization=4bit", "train.lora.enabled=true",
+        "model.name=qwen2.5-vl-7b", "model.llm=/nowhere", "model.quantization=4bit",
+        "train.lora.enabled=true",
         f"data.train_json={demo.pretrain}", f"data.image_folder={demo.image_folder}",
     )  # fmt: skip
     assert result.exit_code == 1
@@ -346,7 +361,14 @@ def test_fsdp_configs_wrap_the_family_decoder_layer(accelerate_config, name):
     assert wrapped in {type(m).__name__ for m in bundle.model.modules()}
 
 
-@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml") if "_v1_5" in p.name or "medgemma" in p.name or "qwen2_5" in p.name))
+@pytest.mark.parametrize(
+    "recipe",
+    sorted(
+        p.name
+        for p in CONFIGS.glob("*.yaml")
+        if "_v1_5" in p.name or "medgemma" in p.name or "qwen2_5" in p.name
+    ),
+)
 def test_family_recipes_validate_and_open_with_their_command(recipe):
     text = (CONFIGS / recipe).read_text()
     stage = "finetune" if recipe.startswith("finetune") else "stage2"

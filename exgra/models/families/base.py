@@ -139,11 +139,11 @@ class ModelFamily:
         return {"pixel_values": torch.cat([item["pixel_values"] for item in items])}
 
     def vision_keys(self) -> tuple[str, ...]:
-        """Names of the vision tensors of a batch, as the model's forward / ``get_image_features`` take them."""
+        """Names of the batch's vision tensors, as the forward and ``get_image_features`` take them."""
         return ("pixel_values",)
 
     def model_inputs(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        """Forward keyword arguments beside ``input_ids`` / ``attention_mask`` / ``labels`` (default: none)."""
+        """Forward keyword arguments beside ``input_ids``, ``attention_mask``, ``labels`` (default none)."""
         return {}
 
     # ---- features
@@ -197,7 +197,9 @@ class ModelFamily:
         """``model.generate`` keyword arguments for left-padded ``prompts`` (one image each)."""
         raise NotImplementedError
 
-    def select_images(self, vision: dict[str, torch.Tensor], indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def select_images(
+        self, vision: dict[str, torch.Tensor], indices: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
         """The vision tensors of images ``indices`` (repeats allowed), e.g. one copy per answer option."""
         index = torch.tensor(list(indices), dtype=torch.long)
         return {key: value[index.to(value.device)] for key, value in vision.items()}
@@ -302,7 +304,9 @@ class ChatFamily(ModelFamily):
         vocab = tokenizer.get_vocab()
         missing = [token for token in self.special_tokens if token not in vocab]
         if missing:
-            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+            )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = self.end_of_turn or tokenizer.eos_token
         if not getattr(tokenizer, "chat_template", None):
@@ -368,7 +372,9 @@ class ChatFamily(ModelFamily):
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def _expand(self, bundle: Any, text: str, vision: dict[str, torch.Tensor], first_image: int) -> tuple[str, int]:
+    def _expand(
+        self, bundle: Any, text: str, vision: dict[str, torch.Tensor], first_image: int
+    ) -> tuple[str, int]:
         """Replace each image placeholder in ``text`` by its image tokens; returns text and images used."""
         pieces = text.split(self.image_placeholder)
         out = [pieces[0]]
@@ -386,9 +392,7 @@ class ChatFamily(ModelFamily):
         def encode(image: Image.Image, conversations: Sequence[Any]) -> dict[str, Any]:
             vision = self.preprocess_images(bundle, [image])
             messages = conversation_messages(conversations)
-            segments = segments_from_chat_template(
-                lambda m, g: self.render(bundle, m, g), messages
-            )
+            segments = segments_from_chat_template(lambda m, g: self.render(bundle, m, g), messages)
             input_ids: list[int] = []
             labels: list[int] = []
             images = 0

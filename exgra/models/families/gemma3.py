@@ -38,7 +38,13 @@ class Gemma3Family(ChatFamily):
     name = "gemma3"
     model_types = ("gemma3",)
     model_class = Gemma3ForConditionalGeneration
-    special_tokens = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    special_tokens = (
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<end_of_image>",
+        "<image_soft_token>",
+    )
     image_placeholder = "<start_of_image>"
     image_token = "<image_soft_token>"
     end_of_turn = "<end_of_turn>"

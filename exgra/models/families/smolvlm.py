@@ -32,7 +32,7 @@ _GRID_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1,
 
 
 class SmolVLMFamily(ChatFamily):
-    """``SmolVLMForConditionalGeneration`` (real preset ``smolvlm-256m``, HuggingFaceTB/SmolVLM-256M-Instruct)."""
+    """``SmolVLMForConditionalGeneration`` (real preset ``smolvlm-256m``: SmolVLM-256M-Instruct)."""
 
     name = "smolvlm"
     model_types = ("smolvlm",)
@@ -79,7 +79,11 @@ class SmolVLMFamily(ChatFamily):
         def pad(tensor: torch.Tensor) -> torch.Tensor:
             # Zero tiles are padding: the model drops them (as SmolVLMProcessor pads a batch).
             extra = tiles - tensor.shape[1]
-            return torch.cat([tensor, tensor.new_zeros((1, extra, *tensor.shape[2:]))], dim=1) if extra else tensor
+            return (
+                torch.cat([tensor, tensor.new_zeros((1, extra, *tensor.shape[2:]))], dim=1)
+                if extra
+                else tensor
+            )
 
         return {
             "pixel_values": torch.cat([pad(item["pixel_values"]) for item in items]),
