@@ -476,7 +476,7 @@ _REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "llava-1.5-7b",
-            "LLaVA-1.5-7B, llava-hf layout: path=<llava-hf/llava-1.5-7b-hf dir> (Vicuna + CLIP-L/336)",
+            "LLaVA-1.5-7B architecture (Vicuna-7B + CLIP-L/336, chat template): llm=<Vicuna weights>",
             "≈7.1 B",
             False,
             _LLAVA_15_7B,

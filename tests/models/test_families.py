@@ -382,3 +382,27 @@ def test_family_recipes_validate_and_open_with_their_command(recipe):
     match = [part for part in first.split() if part.startswith("exgra/configs/accelerate/")]
     for path in match:
         assert (ROOT / path).is_file()
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_stage1_trains_only_the_projector_and_finetune_validates(name, demo, tmp_path, run_exgra):
+    common = [f"model.name={name}", f"data.image_folder={demo.image_folder}", "train.max_steps=2"]
+    common += ["train.per_device_batch_size=4", "data.max_length=160"]
+    stage1 = load_train_config(
+        "stage1", CONFIGS / "tiny_stage1.yaml", [*common, f"data.train_json={demo.pretrain}"]
+    )
+    initial = _initial_weights(stage1)
+    result = run_training(stage1, tmp_path / "stage1", show_progress=False)
+    family = family_of(stage1.model)
+    final = _saved_weights(result.final_dir)
+    changed = {family.parameter_group(n) for n, v in initial.items() if not torch.equal(v, final[n])}
+    assert changed == {"projector"}
+    tuned = run_exgra(
+        "finetune", "--config", CONFIGS / "tiny_finetune.yaml", "--output-dir", tmp_path / "ft",
+        *common, f"model.path={result.final_dir}", f"data.train_json={demo.train}",
+        f"data.val_json={demo.val}", "train.eval_every=2", "train.eval_max_items=3",
+    )  # fmt: skip
+    assert tuned.exit_code == 0, tuned.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_average" in row for row in metrics)
+    assert (tmp_path / "ft" / "best" / "config.json").is_file()
