@@ -406,3 +406,37 @@ def test_stage1_trains_only_the_projector_and_finetune_validates(name, demo, tmp
     metrics = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_average" in row for row in metrics)
     assert (tmp_path / "ft" / "best" / "config.json").is_file()
+
+
+def test_gemma3_checkpoint_loads_with_the_stock_processor(demo, runs_root, tmp_path):
+    """Gemma 3's processor needs no torchvision: AutoProcessor prepares exactly exgra's inputs."""
+    final_dir = _trained_run("tiny-gemma3", demo, runs_root)
+    script = """
+import sys, torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained(sys.argv[1])
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+out = processor(text=[text], images=[Image.open(sys.argv[2])], return_tensors="pt", add_special_tokens=False)
+assert not any(name.startswith("exgra") for name in sys.modules)
+save_file({"input_ids": out["input_ids"], "pixel_values": out["pixel_values"]}, sys.argv[3])
+"""
+    image = sorted(Path(demo.image_folder).rglob("*.png"))[0]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(final_dir), str(image), str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    stock = load_file(str(tmp_path / "o"))
+    from exgra.data.records import load_image
+    from exgra.models import load_model
+
+    bundle = load_model(final_dir)
+    family = bundle.family
+    vision = family.preprocess_images(bundle, [load_image(image.parent, image.name)])
+    mine = family.generation_inputs(bundle, [family.prompt(bundle, "What is shown?")], vision)
+    assert torch.equal(mine["input_ids"], stock["input_ids"])
+    torch.testing.assert_close(mine["pixel_values"], stock["pixel_values"], rtol=0, atol=0)

@@ -361,10 +361,28 @@ class ChatFamily(ModelFamily):
         image_processor = AutoImageProcessor.from_pretrained(path)
         return finish_family_bundle(self, model, tokenizer, image_processor, config)
 
+    #: tokenizer attributes the family's stock processor reads (e.g. Gemma 3's ``boi_token``)
+    named_tokens: dict[str, str] = {}
+
+    def processor_config(self, bundle: Any) -> dict[str, Any] | None:
+        """``processor_config.json`` for the family's stock processor, where it loads without torchvision."""
+        return None
+
     def save(self, bundle: Any, directory: Path) -> None:
+        import json
+
         super().save(bundle, directory)
         # The processor-level chat template, where AutoProcessor looks for it.
         (directory / "chat_template.jinja").write_text(bundle.tokenizer.chat_template, encoding="utf-8")
+        if self.named_tokens:
+            path = directory / "tokenizer_config.json"
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["extra_special_tokens"] = dict(self.named_tokens)
+            path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        processor = self.processor_config(bundle)
+        if processor is not None:
+            text = json.dumps(processor, indent=2) + "\n"
+            (directory / "processor_config.json").write_text(text, encoding="utf-8")
 
     # ---- samples
     def render(self, bundle: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:

@@ -50,6 +50,19 @@ class Gemma3Family(ChatFamily):
     end_of_turn = "<end_of_turn>"
     chat_template = GEMMA_CHAT_TEMPLATE
 
+    named_tokens = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
+
+    def processor_config(self, bundle: Any) -> dict[str, Any]:
+        # Gemma3Processor needs no torchvision: a saved checkpoint loads with the stock AutoProcessor.
+        return {
+            "processor_class": "Gemma3Processor",
+            "image_seq_length": int(bundle.model.config.mm_tokens_per_image),
+        }
+
     def image_token_string(self, bundle: Any, vision: dict[str, torch.Tensor], index: int) -> str:
         count = int(bundle.model.config.mm_tokens_per_image)
         return f"\n\n<start_of_image>{self.image_token * count}<end_of_image>\n\n"
