@@ -440,3 +440,18 @@ save_file({"input_ids": out["input_ids"], "pixel_values": out["pixel_values"]}, 
     mine = family.generation_inputs(bundle, [family.prompt(bundle, "What is shown?")], vision)
     assert torch.equal(mine["input_ids"], stock["input_ids"])
     torch.testing.assert_close(mine["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "released_parameters"),
+    # Sizes as published with the releases (model cards): 8.29 B, 8.77 B, 4.30 B, 256 M.
+    [("qwen2.5-vl-7b", "qwen2.5-vl", 8.29e9), ("qwen3-vl-8b", "qwen3-vl", 8.77e9),
+     ("medgemma-4b", "gemma3", 4.30e9), ("smolvlm-256m", "smolvlm", 256e6)],
+)  # fmt: skip
+def test_real_presets_build_the_released_architecture_on_meta(name, family, released_parameters):
+    bundle = create_model(name, device="meta")
+    assert bundle.family.name == family and bundle.config.dtype == "bfloat16"
+    parameters = sum(p.numel() for p in bundle.model.parameters())
+    assert abs(parameters - released_parameters) / released_parameters < 0.01
+    with pytest.raises(Exception, match="needs pretrained weights"):
+        create_model(name)
