@@ -163,6 +163,11 @@ class AnswerGenerator:
         # The model family decides prompts, vision inputs, stop tokens and answer clean-up.
         self.family = family_of(bundle)
         native = bundle.template == "native"
+        if native and template not in (None, "native"):
+            raise ExgraError(
+                f"this {self.family.name} model answers with its own chat template; --template {template} "
+                "applies to LLaVA models only"
+            )
         self.template_name = bundle.template if native else (template or bundle.template)
         self.template = None if native else get_template(self.template_name)
         self.settings = settings or GenerationSettings()

@@ -455,3 +455,10 @@ def test_real_presets_build_the_released_architecture_on_meta(name, family, rele
     assert abs(parameters - released_parameters) / released_parameters < 0.01
     with pytest.raises(Exception, match="needs pretrained weights"):
         create_model(name)
+
+
+def test_a_llava_template_on_a_chat_family_model_is_one_clear_error(demo, runs_root, run_exgra):
+    final_dir = _trained_run("tiny-qwen2.5-vl", demo, runs_root)
+    image = sorted(Path(demo.image_folder).rglob("*.png"))[0]
+    result = run_exgra("ask", "--model", final_dir, "--image", image, "--template", "legacy", "What?")
+    assert result.exit_code == 1 and "own chat template" in result.stderr
