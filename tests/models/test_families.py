@@ -379,7 +379,8 @@ def test_family_recipes_validate_and_open_with_their_command(recipe):
     assert config.alignment.enabled == (stage == "stage2")
     assert config.train.lora.enabled == ("lora" in recipe)
     assert (config.model.quantization == "4bit") == ("qlora" in recipe)
-    match = [part for part in first.split() if part.startswith("exgra/configs/accelerate/")]
+    second = text.splitlines()[1]
+    match = [part for part in (first + " " + second).split() if part.startswith("exgra/configs/accelerate/")]
     for path in match:
         assert (ROOT / path).is_file()
 
