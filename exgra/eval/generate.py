@@ -36,6 +36,7 @@ __all__ = [
     "question_text",
     "resolve_device",
     "resolve_dtype",
+    "stop_trigger_ids",
 ]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,24 +98,62 @@ class _StopOnStrings(StoppingCriteria):
 
     transformers' ``stop_strings`` also matches across the prompt boundary, so a legacy prompt ending
     in ``###`` followed by a generated ``#`` would stop at once; the reference checks only the
-    continuation, as this does. Only the last ``window`` tokens are decoded at each step.
+    continuation, as this does. Only the last ``window`` tokens are decoded, and only for rows whose
+    newest token can complete a stop string (``trigger_ids``: tokens whose text holds a stop string's
+    last character; ``None`` checks every row): decoding the whole batch at every step made batched
+    generation scale worse than stock ``generate``.
     """
 
     def __init__(
-        self, tokenizer: Any, stop_strings: Sequence[str], prompt_length: int, window: int = 16
+        self,
+        tokenizer: Any,
+        stop_strings: Sequence[str],
+        prompt_length: int,
+        window: int = 16,
+        trigger_ids: torch.Tensor | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = list(stop_strings)
         self.prompt_length = prompt_length
         self.window = window
+        self.trigger_ids = trigger_ids
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
-        tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if input_ids.shape[1] <= self.prompt_length:
+            return done
+        if self.trigger_ids is None:
+            rows = list(range(input_ids.shape[0]))
+        else:
+            newest = input_ids[:, -1]
+            rows = torch.isin(newest, self.trigger_ids.to(newest.device)).nonzero().flatten().tolist()
+        if not rows:
+            return done
+        tails = input_ids[rows, max(self.prompt_length, input_ids.shape[1] - self.window) :]
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        done = [any(stop in text for stop in self.stop_strings) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        for row, text in zip(rows, texts, strict=True):
+            if any(stop in text for stop in self.stop_strings):
+                done[row] = True
+        return done
+
+
+def stop_trigger_ids(tokenizer: Any, stop_strings: Sequence[str]) -> torch.Tensor | None:
+    """Ids of the tokens whose text contains the last character of some stop string.
+
+    A stop string can only become complete at a step whose new token holds its last character, so
+    only those rows need decoding. ``None`` (check every row) when a stop string ends in a non-ASCII
+    character, which a byte-level token may hold only in part.
+    """
+    finals = {stop[-1] for stop in stop_strings if stop}
+    if not finals or any(not char.isascii() for char in finals):
+        return None
+    vocabulary = tokenizer.get_vocab()
+    ids = sorted(vocabulary.values())
+    texts = tokenizer.batch_decode([[token_id] for token_id in ids], skip_special_tokens=True)
+    hits = [token_id for token_id, text in zip(ids, texts, strict=True) if any(c in text for c in finals)]
+    return torch.tensor(hits, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -198,24 +237,60 @@ class AnswerGenerator:
             self.tokenizer.padding_side = previous
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def _cut(self, text: str) -> str:
-        for stop in self.stop_strings:
+    def _cut(self, text: str, extra_stops: Sequence[str] = ()) -> str:
+        for stop in [*self.stop_strings, *extra_stops]:
             index = text.find(stop)
             if index >= 0:
                 text = text[:index]
         return text.strip()
 
-    @torch.inference_mode()
+    def build_conversation_prompt(
+        self,
+        turns: Sequence[Any],
+        system: str | None = None,
+        images_per_turn: Sequence[int] | None = None,
+    ) -> str:
+        """The prompt of a multi-turn conversation (``exgra serve``, ``exgra ask --chat``); one turn
+        with one image gives exactly :meth:`build_prompt`."""
+        return self.template.conversation_prompt(turns, self.image_tokens, system, images_per_turn)
+
+    @property
+    def trigger_ids(self) -> torch.Tensor | None:
+        """Cached :func:`stop_trigger_ids` of the template's stop strings."""
+        if not hasattr(self, "_trigger_ids"):
+            self._trigger_ids = stop_trigger_ids(self.tokenizer, self.stop_strings)
+        return self._trigger_ids
+
     def generate(self, questions: Sequence[str], pixel_values: torch.Tensor) -> list[GeneratedAnswer]:
         """Answer ``questions`` (one image each, ``pixel_values [B, 3, S, S]``) in one batched call."""
         if len(questions) != pixel_values.shape[0]:
             raise ValueError(f"{len(questions)} questions but {pixel_values.shape[0]} images")
-        if not questions:
+        return self.generate_prompts([self.build_prompt(q) for q in questions], pixel_values)
+
+    @torch.inference_mode()
+    def generate_prompts(
+        self,
+        prompts: Sequence[str],
+        pixel_values: torch.Tensor | None,
+        settings: GenerationSettings | None = None,
+        row_max_new_tokens: Sequence[int] | None = None,
+        row_stop_strings: Sequence[Sequence[str]] | None = None,
+        streamer: Any = None,
+    ) -> list[GeneratedAnswer]:
+        """Continue full ``prompts`` (already rendered, image tokens in place) in one batched call.
+
+        ``pixel_values [I, 3, S, S]`` holds the images of all rows in prompt order (``None`` when no
+        prompt has one). ``settings`` overrides the generator's. Per row, ``row_max_new_tokens`` (at
+        most ``settings.max_new_tokens``) and extra ``row_stop_strings`` cut the answer afterwards;
+        under greedy decoding a row's first tokens do not depend on how long the batch runs, so this
+        equals generating the row alone with its own limits. ``streamer`` is passed to ``generate``.
+        """
+        if not prompts:
             return []
-        inputs = self.encode([self.build_prompt(q) for q in questions])
+        settings = settings or self.settings
+        inputs = self.encode(prompts)
         input_ids = inputs["input_ids"].to(self.device)
         attention_mask = inputs["attention_mask"].to(self.device)
-        settings = self.settings
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
@@ -232,20 +307,26 @@ class AnswerGenerator:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if self.stop_strings:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [_StopOnStrings(self.tokenizer, self.stop_strings, input_ids.shape[1])]
+                [
+                    _StopOnStrings(
+                        self.tokenizer, self.stop_strings, input_ids.shape[1], trigger_ids=self.trigger_ids
+                    )
+                ]
             )
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values.to(device=self.device, dtype=self.dtype),
-            **kwargs,
-        )
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values.to(device=self.device, dtype=self.dtype)
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new_tokens = output[:, input_ids.shape[1] :].cpu()
         answers = []
-        for row in new_tokens:
+        for index, row in enumerate(new_tokens):
+            if row_max_new_tokens is not None:
+                row = row[: row_max_new_tokens[index]]
+            extra_stops = list(row_stop_strings[index]) if row_stop_strings is not None else []
             count = int((row != self.tokenizer.pad_token_id).sum())
             decoded = self.tokenizer.decode(row, skip_special_tokens=True)
-            raw = self._cut(decoded)
+            raw = self._cut(decoded, extra_stops)
             answers.append(GeneratedAnswer(self.template.clean_answer(raw).strip(), raw, count))
         return answers
 
