@@ -31,8 +31,10 @@ __all__ = [
     "AnswerGenerator",
     "GeneratedAnswer",
     "GenerationSettings",
+    "ask_generator",
     "ask_model",
     "load_inference_model",
+    "open_image_file",
     "question_text",
     "resolve_device",
     "resolve_dtype",
@@ -335,6 +337,17 @@ class AnswerGenerator:
         return self.generate(questions, self.preprocess(images))
 
 
+def open_image_file(image_path: str | Path) -> Image.Image:
+    """An image file the user named, as RGB (``exgra ask``); one clear error if missing or unreadable."""
+    from exgra.data.records import load_image
+
+    path = Path(image_path)
+    if not path.is_file():
+        raise ExgraError(f"image not found: {path}")
+    resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
+    return load_image(resolved.parent, resolved.name)
+
+
 def ask_model(
     model_dir: str | Path,
     image_path: str | Path,
@@ -345,17 +358,22 @@ def ask_model(
     device: str = "auto",
 ) -> GeneratedAnswer:
     """Load a model and answer one question about one image file (greedy); the ``exgra ask`` command."""
-    from exgra.data.records import load_image
-
-    path = Path(image_path)
-    if not path.is_file():
-        raise ExgraError(f"image not found: {path}")
     if not question.strip():
         raise ExgraError("the question is empty; pass the question as the last argument")
-    resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
-    image = load_image(resolved.parent, resolved.name)
+    image = open_image_file(image_path)
+    generator = ask_generator(model_dir, max_new_tokens, template, dtype, device)
+    return generator.answer([question], [image])[0]
+
+
+def ask_generator(
+    model_dir: str | Path,
+    max_new_tokens: int = 256,
+    template: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> AnswerGenerator:
+    """The greedy generator ``exgra ask`` uses."""
     bundle = load_inference_model(model_dir, device=device, dtype=dtype)
-    generator = AnswerGenerator(
+    return AnswerGenerator(
         bundle, template=template, settings=GenerationSettings(max_new_tokens=max_new_tokens)
     )
-    return generator.answer([question], [image])[0]

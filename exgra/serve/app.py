@@ -116,7 +116,17 @@ def create_app(config: ServeConfig, loader: Callable[[ServeConfig], Any] = load_
             return JSONResponse({"status": "error", "detail": engine.load_error}, status_code=503)
         if not engine.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": engine.model_name})
+        queue = engine.queue
+        sizes = queue.batch_sizes if queue is not None else []
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": engine.model_name,
+                "waiting": len(queue) if queue is not None else 0,
+                "batches": len(sizes),
+                "largest_batch": max(sizes, default=0),
+            }
+        )
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -124,7 +124,7 @@ class BatchQueue:
         self._condition = threading.Condition()
         self._stopped = False
         self._last_batch_size = 0
-        self.batch_sizes: list[int] = []  # a record for benchmarks and tests
+        self.batch_sizes: deque[int] = deque(maxlen=10000)  # recent batch sizes, shown by /health
         self._thread = threading.Thread(target=self._run, name="exgra-batcher", daemon=True)
         self._thread.start()
 
