@@ -86,6 +86,7 @@ def main() -> None:
         env = {"OMP_NUM_THREADS": str(args.threads)}
         modes = {"on": ["--max-batch-size", "32"], "off": ["--max-batch-size", "1"]}
         results: dict[tuple[str, int], tuple[float, list[float], list[str]]] = {}
+        batch_sizes: dict[int, list[int]] = {}
         for mode, flags in modes.items():
             server_args = ["--model", str(model_dir), "--served-model-name", "tiny", *flags]
             with running_server(server_args, root / f"server-{mode}.log", env=env) as server:
@@ -94,6 +95,9 @@ def main() -> None:
                 for concurrency in args.concurrency:
                     count = max(concurrency, args.requests // 4) if concurrency == 1 else args.requests
                     results[mode, concurrency] = _load(url, bodies[:count], concurrency)
+                    if mode == "on":
+                        health = json.loads(urllib.request.urlopen(f"{server.url}/health").read())
+                        batch_sizes[concurrency] = health["recent_batch_sizes"]
 
         bare = _bare_latencies(model_dir, bodies[: max(1, args.requests // 4)], args.max_tokens)
 
@@ -116,6 +120,8 @@ def main() -> None:
                 f"{concurrency:>4} {mode:>8} {rate:>10.2f} {1000 * statistics.median(latencies):>8.1f} "
                 f"{1000 * _percentile(latencies, 0.95):>8.1f} {ratio:>7.2f} {differ:>7}"
             )
+    for concurrency, sizes in batch_sizes.items():
+        print(f"batch sizes with batching on, up to concurrency {concurrency} (most recent last): {sizes}")
     on_p95 = _percentile(results["on", 1][1], 0.95)
     print(
         f"bare generate (in process, same inputs): p50 {1000 * statistics.median(bare):.1f} ms, "

@@ -125,6 +125,7 @@ def create_app(config: ServeConfig, loader: Callable[[ServeConfig], Any] = load_
                 "waiting": len(queue) if queue is not None else 0,
                 "batches": len(sizes),
                 "largest_batch": max(sizes, default=0),
+                "recent_batch_sizes": list(sizes)[-32:],
             }
         )
 

@@ -124,6 +124,7 @@ class BatchQueue:
         self._condition = threading.Condition()
         self._stopped = False
         self._last_batch_size = 0
+        self._announced = 0
         self.batch_sizes: deque[int] = deque(maxlen=10000)  # recent batch sizes, shown by /health
         self._thread = threading.Thread(target=self._run, name="exgra-batcher", daemon=True)
         self._thread.start()
@@ -132,10 +133,24 @@ class BatchQueue:
         with self._condition:
             return len(self._waiting)
 
-    def submit(self, request: PendingRequest) -> bool:
+    def announce(self) -> None:
+        """A request is being prepared (images decoded, prompt rendered) and will be submitted soon."""
+        with self._condition:
+            self._announced += 1
+
+    def withdraw(self) -> None:
+        """An announced request failed before it was submitted."""
+        with self._condition:
+            self._announced -= 1
+            self._condition.notify()
+
+    def submit(self, request: PendingRequest, announced: bool = False) -> bool:
         """Queue ``request``; ``False`` when the queue is full (the caller answers 503)."""
         with self._condition:
+            if announced:
+                self._announced -= 1
             if len(self._waiting) >= self.max_queue:
+                self._condition.notify()
                 return False
             self._waiting.append(request)
             self._condition.notify()
@@ -153,13 +168,16 @@ class BatchQueue:
                 self._condition.wait()
             if self._stopped:
                 return []
-            if self._last_batch_size > 1 and self.max_batch_size > 1:
-                deadline = time.monotonic() + self.window_s
+            if self.max_batch_size > 1 and (self._last_batch_size > 1 or self._announced > 0):
+                # Under load, wait the window for more; while announced requests are still being
+                # prepared, wait for them too (up to five windows), so a batch is not cut in two.
+                started = time.monotonic()
                 while len(self._waiting) < self.max_batch_size and not self._stopped:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    waited = time.monotonic() - started
+                    limit = 5 * self.window_s if self._announced > 0 else self.window_s
+                    if waited >= limit:
                         break
-                    self._condition.wait(remaining)
+                    self._condition.wait(limit - waited)
             head = self._waiting.popleft()
             batch, kept = [head], deque()
             while self._waiting and len(batch) < self.max_batch_size:

@@ -5,6 +5,7 @@ prompt, and submitting requests to the batching queue from asyncio code.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import secrets
 import threading
@@ -134,6 +135,10 @@ class ServeEngine:
             logger.exception("loading the model failed")
             self.load_error = str(exc) or type(exc).__name__
             return
+        # The batch thread's tokenizer changes its padding state per call; request threads count prompt
+        # tokens with their own copy (a Rust tokenizer used from two threads raises "Already borrowed").
+        self._counting_tokenizer = copy.deepcopy(generator.tokenizer)
+        self._counting_lock = threading.Lock()
         self.queue = BatchQueue(
             generator,
             max_batch_size=self.config.max_batch_size,
@@ -216,7 +221,8 @@ class ServeEngine:
         prompt = generator.build_conversation_prompt(
             conversation.turns, conversation.system, conversation.images_per_turn
         )
-        prompt_tokens = len(generator.tokenizer(prompt)["input_ids"])
+        with self._counting_lock:
+            prompt_tokens = len(self._counting_tokenizer(prompt)["input_ids"])
         context = generator.tokenizer.model_max_length
         limit = getattr(getattr(generator.model.config, "text_config", None), "max_position_embeddings", None)
         context = min(context, limit) if limit else context
@@ -234,7 +240,15 @@ class ServeEngine:
         self, request: ChatCompletionRequest, on_text: Callable[[str], None] | None = None
     ) -> tuple[asyncio.Future, int, int]:
         """Queue ``request``; returns (future of the GeneratedAnswer, prompt tokens, max tokens)."""
-        prompt, pixel_values, settings, key, prompt_tokens = await asyncio.to_thread(self._prepare, request)
+        self.require_ready()
+        assert self.queue is not None
+        self.queue.announce()
+        try:
+            prepared = await asyncio.to_thread(self._prepare, request)
+        except BaseException:
+            self.queue.withdraw()
+            raise
+        prompt, pixel_values, settings, key, prompt_tokens = prepared
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -253,8 +267,7 @@ class ServeEngine:
         if on_text is not None:
             stream = StreamSink(lambda text: loop.call_soon_threadsafe(on_text, text))
         pending = PendingRequest(prompt, pixel_values, settings, key, request.stop_strings(), deliver, stream)
-        assert self.queue is not None
-        if not self.queue.submit(pending):
+        if not self.queue.submit(pending, announced=True):
             raise APIError(503, "the server is busy (request queue full); retry later", code="overloaded")
         return future, prompt_tokens, settings.max_new_tokens
 

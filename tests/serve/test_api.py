@@ -273,15 +273,32 @@ def test_32_concurrent_requests_are_batched_and_none_is_lost_or_mixed_up(
     assert len({c.id for c in concurrent}) == 32
 
 
-def test_local_paths_need_an_image_root(tmp_path: Path, serve_setup) -> None:
+def test_local_paths_need_an_image_root_and_remote_images_need_the_flag(tmp_path: Path, serve_setup) -> None:
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
     from tests.serve.helpers import running_server
 
     image = serve_setup["images"][0]
-    with running_server(["--model", str(serve_setup["model_dir"])], tmp_path / "log.txt") as server:
-        import openai as sdk
-
-        client = sdk.OpenAI(base_url=server.api, api_key="unused", max_retries=0)
-        with pytest.raises(sdk.BadRequestError) as caught:
-            _answer(client, serve_setup["model_dir"].name, _image_message("?", str(image)), max_tokens=2)
-        assert "--image-root" in caught.value.body["message"]
-        assert http(f"{server.url}/ui").status == 404  # the web chat only with --ui
+    # A stand-in image host on 127.0.0.1 (nothing leaves the machine).
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(image.parent))
+    host = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    remote = f"http://127.0.0.1:{host.server_address[1]}/{image.name}"
+    args = ["--model", str(serve_setup["model_dir"]), "--allow-remote-images"]
+    try:
+        with running_server(args, tmp_path / "log.txt") as server:
+            client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0)
+            name = serve_setup["model_dir"].name
+            with pytest.raises(openai.BadRequestError) as caught:
+                _answer(client, name, _image_message("?", str(image)), max_tokens=2)
+            assert "--image-root" in caught.value.body["message"]
+            fetched = _answer(client, name, _image_message("What?", remote), max_tokens=8)
+            inline = _answer(client, name, _image_message("What?", data_url(image)), max_tokens=8)
+            assert fetched.choices[0].message.content == inline.choices[0].message.content
+            missing = remote.replace(image.name, "missing.png")
+            with pytest.raises(openai.BadRequestError):
+                _answer(client, name, _image_message("What?", missing), max_tokens=2)
+            assert http(f"{server.url}/ui").status == 404  # the web chat only with --ui
+    finally:
+        host.shutdown()
