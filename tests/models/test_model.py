@@ -323,11 +323,7 @@ def test_other_variants_round_trip_through_auto_classes(tmp_path, connector, pro
         torch.testing.assert_close(auto(**inputs, pixel_values=pixel_values).logits, expected, rtol=0, atol=0)
 
 
-def test_biomedclip_needs_its_extra():
-    try:
-        import open_clip  # noqa: F401
-    except ImportError:
-        with pytest.raises(ExgraError, match=r"exgra\[biomedclip\]"):
-            create_model("tiny", vision_type="biomedclip")
-    else:
-        pytest.skip("open_clip is installed here")
+def test_biomedclip_option_is_gone():
+    # BiomedCLIP was removed (docs/models.md): the option is refused by name, not accepted and then failed.
+    with pytest.raises(ConfigError, match="vision_type"):
+        create_model("tiny", vision_type="biomedclip")
