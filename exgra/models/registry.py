@@ -167,6 +167,31 @@ _SEVEN_B = {
     "dtype": "bfloat16",
 }
 
+# LLaVA-Med v1.5 (microsoft/llava-med-v1.5-mistral-7b): Mistral-7B + CLIP ViT-L/14-336 + mlp2x_gelu.
+_CLIP_L_336 = {**_CLIP_L, "image_size": 336}
+_MISTRAL_7B = {
+    "vocab_size": 32001,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
+}
+_LLAVA_MED_V15 = {
+    "vision_tower": "openai/clip-vit-large-patch14-336",
+    "vision_config": _CLIP_L_336,
+    "llm_config": _MISTRAL_7B,
+    "projector_type": "mlp2x_gelu",
+    "template": "mistral_instruct",
+    "use_im_start_end": False,
+    "image_aspect_ratio": "pad",
+    "dtype": "bfloat16",
+}
+
 _REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -197,6 +222,13 @@ _REGISTRY: dict[str, ModelSpec] = {
             "≈7.1 B",
             False,
             dict(_SEVEN_B),
+        ),
+        ModelSpec(
+            "llava-med-v1.5-7b",
+            "LLaVA-Med v1.5: Mistral-7B + CLIP ViT-L/14-336 + mlp2x_gelu",
+            "≈7.6 B",
+            False,
+            dict(_LLAVA_MED_V15),
         ),
         ModelSpec(
             "exgra-med-7b-dci",
