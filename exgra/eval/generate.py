@@ -146,6 +146,10 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float | None = None
     seed: int = 2802
+    # "fast": the checkpoint's tokenizer.json, as the reference's eval (AutoTokenizer's default) did;
+    # "slow": the reference's training-time SentencePiece rule (reference_token_spans), which differs
+    # around the image tokens (no "\n" token before <im_start>).
+    prompt_tokenization: str = "fast"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,6 +216,8 @@ class AnswerGenerator:
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
         # Restore the side afterwards: a training loop may share this tokenizer and pad on the right.
+        if self.settings.prompt_tokenization == "slow":
+            return self._encode_slow(prompts)
         previous = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
@@ -219,6 +225,18 @@ class AnswerGenerator:
         finally:
             self.tokenizer.padding_side = previous
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def _encode_slow(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompts tokenised by the reference's slow-tokenizer rule (its training-time ids), left padded."""
+        from exgra.models.tokenizer import reference_token_spans
+
+        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        rows = [bos + [token for token, _ in reference_token_spans(self.tokenizer, p)] for p in prompts]
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def _cut(self, text: str) -> str:
         for stop in self.stop_strings:

@@ -223,6 +223,9 @@ class VQAEvalConfig(Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (with accelerate: each process's GPU)")
+    prompt_tokenization: Literal["fast", "slow"] = Field(
+        "fast", description="fast = the reference's eval tokenizer; slow = its training-time tokenisation"
+    )
     image_ablation: Literal["none", "blank", "noise"] = "none"
     seed: int = 2802
     limit: int | None = Field(None, ge=1, description="answer only the first N questions (smoke tests)")
@@ -428,7 +431,9 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
     template_name = config.template or bundle.template
     max_new_tokens = config.max_new_tokens or (1024 if template_name in REFERENCE_TEMPLATES else 128)
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, seed=config.seed)
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, seed=config.seed, prompt_tokenization=config.prompt_tokenization
+    )
     generator = AnswerGenerator(bundle, template=config.template, settings=settings)
     info = _run_info(config, generator.template_name, {**settings.to_dict(), **_model_settings(generator)})
     info_path = sidecar_path(config.output, "run.json")

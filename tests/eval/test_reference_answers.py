@@ -113,3 +113,22 @@ def test_generation_uses_the_checkpoints_eos_and_reference_defaults(mixed_ids, t
     assert info["eos_token_id"] == saved["eos_token_id"] and info["dtype"] == "float32"
     assert info["tokenizer"].endswith("(fast)") and info["stop_strings"] == ["###"]
     assert GenerationSettings().max_new_tokens == 128
+
+
+def test_slow_prompt_tokenisation_gives_the_reference_training_ids(mixed_ids) -> None:
+    from exgra.models.tokenizer import reference_token_spans
+
+    model, *_ = mixed_ids
+    bundle = load_inference_model(model)
+    slow = AnswerGenerator(bundle, settings=GenerationSettings(prompt_tokenization="slow"))
+    prompts = [slow.build_prompt("Is there a mass?\n<image>"), slow.build_prompt("Organ?")]
+    batch = slow.encode(prompts)
+    for row, mask, prompt in zip(batch["input_ids"], batch["attention_mask"], prompts, strict=True):
+        expected = [
+            bundle.tokenizer.bos_token_id,
+            *(token for token, _ in reference_token_spans(bundle.tokenizer, prompt)),
+        ]
+        assert row[mask.bool()].tolist() == expected and mask.tolist() == sorted(mask.tolist())
+    fast = AnswerGenerator(bundle).encode(prompts[:1])["input_ids"][0].tolist()
+    # The two rules differ around the image block (the fast tokenizer keeps the "\n" before <im_start>).
+    assert fast != batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()

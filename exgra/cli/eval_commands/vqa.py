@@ -57,6 +57,11 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
         image_ablation: str = typer.Option(
             "none", "--image-ablation", help="Blind-image control: none, blank (grey image) or noise."
         ),
+        prompt_tokenization: str = typer.Option(
+            "fast",
+            "--prompt-tokenization",
+            help="fast (the reference's eval tokenizer) or slow (its training-time tokenisation).",
+        ),
         scorer: str = typer.Option("legacy", "--scorer", help="legacy, llava-med, llava-med-pre35, strict."),
         candidates: Path | None = typer.Option(None, "--candidates", help="candidate.json (open accuracy)."),
         no_score: bool = typer.Option(False, "--no-score", help="Only write answers; do not score them."),
@@ -82,6 +87,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "dtype": dtype,
                 "device": device,
                 "image_ablation": image_ablation,
+                "prompt_tokenization": prompt_tokenization,
                 "scorer": scorer,
                 "candidates": candidates,
                 "score": not no_score,
