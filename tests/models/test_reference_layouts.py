@@ -39,6 +39,13 @@ def converted(tmp_path_factory):
     return out
 
 
+def test_exgra_convert_command_reads_the_v10_layout(tmp_path, run_exgra):
+    source, tower_dir, *_ = write_v10(tmp_path, "dci")
+    result = run_exgra("convert", source, tmp_path / "out", "--vision-tower", tower_dir)
+    assert result.exit_code == 0, result.stderr
+    assert "dense connector dci" in result.stdout and "ignored 3 tensors" in result.stdout
+
+
 def _file_modes_are_plain(directory) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -132,6 +139,9 @@ def test_v15_mistral_checkpoint_converts_to_stock_llava(converted):
     assert bundle.config.image_aspect_ratio == "pad" and bundle.num_image_tokens == 36
     assert len(bundle.tokenizer) == 32001 and bundle.tokenizer.pad_token == "<unk>"
     assert bundle.model.generation_config.eos_token_id == 2
+    from exgra.models import create_model
+
+    assert create_model("llava-med-v1.5-7b", path=str(destination)).template == "mistral_instruct"
     _file_modes_are_plain(destination)
 
     prompt = get_template("mistral_instruct").prompt("What organ is shown?", bundle.image_tokens)
