@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from exgra.data.templates import REFERENCE_TEMPLATES
 from exgra.errors import ExgraError
 
 __all__ = [
@@ -57,10 +58,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> float32 on CPU (half precision is slow and lossy there), bfloat16 on a GPU."""
+def resolve_dtype(dtype: str, device: torch.device, reference: bool = False) -> torch.dtype:
+    """``auto`` -> float32 on CPU (half precision is slow and lossy there); on a GPU bfloat16, or
+    float16 for a ``reference`` template (the reference's eval loads its models in float16)."""
     if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+        if device.type == "cpu":
+            return torch.float32
+        return torch.float16 if reference else torch.bfloat16
     if dtype not in _DTYPES:
         raise ExgraError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
@@ -81,13 +85,25 @@ def load_inference_model(
             f"model directory not found: {path} (save one with ModelBundle.save or exgra convert)"
         )
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device, reference=_saved_template(path) in REFERENCE_TEMPLATES)
     dtype_name = next(name for name, value in _DTYPES.items() if value == torch_dtype)
     bundle = load_model(path, dtype=dtype_name)
     bundle.model.to(device=torch_device)
     bundle.model.eval()
     bundle.tokenizer.padding_side = "left"
     return bundle
+
+
+def _saved_template(path: Path) -> str | None:
+    import yaml
+
+    from exgra.models.registry import EXGRA_CONFIG_FILE
+
+    try:
+        saved = yaml.safe_load((path / EXGRA_CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("template") if isinstance(saved, dict) else None
 
 
 def question_text(human_value: str) -> str:
@@ -100,10 +116,13 @@ class _StopOnStrings(StoppingCriteria):
 
     transformers' ``stop_strings`` also matches across the prompt boundary, so a legacy prompt ending
     in ``###`` followed by a generated ``#`` would stop at once; the reference checks only the
-    continuation, as this does. Only the last ``window`` tokens are decoded, and only for rows whose
-    newest token can complete a stop string (``trigger_ids``: tokens whose text holds a stop string's
-    last character; ``None`` checks every row): decoding the whole batch at every step made batched
-    generation scale worse than stock ``generate``.
+    continuation, as this does, and exactly as it does: the whole continuation is decoded, and not
+    after the first new token (the reference's criterion only records the start length on its first
+    call), so a first token holding ``###`` runs one step more before the cut.
+
+    Decoding every row at every step made batched generation scale worse than stock ``generate``; a
+    stop string can only become complete at a step whose new token holds its last character, so after
+    the first check only rows whose newest token is in ``trigger_ids`` are decoded (``None``: every row).
     """
 
     def __init__(
@@ -111,30 +130,29 @@ class _StopOnStrings(StoppingCriteria):
         tokenizer: Any,
         stop_strings: Sequence[str],
         prompt_length: int,
-        window: int = 16,
         trigger_ids: torch.Tensor | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = list(stop_strings)
         self.prompt_length = prompt_length
-        self.window = window
         self.trigger_ids = trigger_ids
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_length
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if input_ids.shape[1] <= self.prompt_length:
+        if generated <= 1:
             return done
-        if self.trigger_ids is None:
+        if self.trigger_ids is None or generated == 2:
+            # The first check also sees the first token, which no earlier check looked at.
             rows = list(range(input_ids.shape[0]))
         else:
             newest = input_ids[:, -1]
             rows = torch.isin(newest, self.trigger_ids.to(newest.device)).nonzero().flatten().tolist()
         if not rows:
             return done
-        tails = input_ids[rows, max(self.prompt_length, input_ids.shape[1] - self.window) :]
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(input_ids[rows, self.prompt_length :], skip_special_tokens=True)
         for row, text in zip(rows, texts, strict=True):
             if any(stop in text for stop in self.stop_strings):
                 done[row] = True
@@ -144,15 +162,13 @@ class _StopOnStrings(StoppingCriteria):
 def stop_trigger_ids(tokenizer: Any, stop_strings: Sequence[str]) -> torch.Tensor | None:
     """Ids of the tokens whose text contains the last character of some stop string.
 
-    A stop string can only become complete at a step whose new token holds its last character, so
-    only those rows need decoding. ``None`` (check every row) when a stop string ends in a non-ASCII
-    character, which a byte-level token may hold only in part.
+    ``None`` (check every row) when a stop string ends in a non-ASCII character, which a byte-level
+    token may hold only in part.
     """
     finals = {stop[-1] for stop in stop_strings if stop}
     if not finals or any(not char.isascii() for char in finals):
         return None
-    vocabulary = tokenizer.get_vocab()
-    ids = sorted(vocabulary.values())
+    ids = sorted(tokenizer.get_vocab().values())
     texts = tokenizer.batch_decode([[token_id] for token_id in ids], skip_special_tokens=True)
     hits = [token_id for token_id, text in zip(ids, texts, strict=True) if any(c in text for c in finals)]
     return torch.tensor(hits, dtype=torch.long)
@@ -171,6 +187,10 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float | None = None
     seed: int = 2802
+    # "fast": the checkpoint's tokenizer.json, as the reference's eval (AutoTokenizer's default) did;
+    # "slow": the reference's training-time SentencePiece rule (reference_token_spans), which differs
+    # around the image tokens (no "\n" token before <im_start>).
+    prompt_tokenization: str = "fast"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +228,12 @@ class AnswerGenerator:
         self.stop_strings = [s for s in self.template.stop_strings if s]
 
     @property
+    def eos_token_id(self) -> int | list[int] | None:
+        """The checkpoint's own EOS id(s) (its ``generation_config``), else the tokenizer's."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        return configured if configured is not None else self.tokenizer.eos_token_id
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -231,6 +257,8 @@ class AnswerGenerator:
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
         # Restore the side afterwards: a training loop may share this tokenizer and pad on the right.
+        if self.settings.prompt_tokenization == "slow":
+            return self._encode_slow(prompts)
         previous = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
@@ -238,6 +266,18 @@ class AnswerGenerator:
         finally:
             self.tokenizer.padding_side = previous
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def _encode_slow(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompts tokenised by the reference's slow-tokenizer rule (its training-time ids), left padded."""
+        from exgra.models.tokenizer import reference_token_spans
+
+        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        rows = [bos + [token for token, _ in reference_token_spans(self.tokenizer, p)] for p in prompts]
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def _cut(self, text: str, extra_stops: Sequence[str] = ()) -> str:
         for stop in [*self.stop_strings, *extra_stops]:
@@ -297,7 +337,7 @@ class AnswerGenerator:
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": self.eos_token_id,
         }
         if settings.do_sample:
             torch.manual_seed(settings.seed)
@@ -345,7 +385,7 @@ def open_image_file(image_path: str | Path) -> Image.Image:
     if not path.is_file():
         raise ExgraError(f"image not found: {path}")
     resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
-    return load_image(resolved.parent, resolved.name)
+    return load_image(resolved.parent, resolved.name, conversion=None)
 
 
 def ask_model(

@@ -39,20 +39,22 @@ def _api_key(config: ServeConfig) -> str | None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(
-            413, f"the request body is larger than this server's limit of {limit} bytes (--max-request-bytes)"
-        )
+    """The request body, or 413 once it passes ``limit`` bytes.
+
+    An oversized body is still read (and dropped) up to twice the limit before answering, so an
+    ordinary client that sends its whole body first gets the 413 instead of a reset connection.
+    """
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise APIError(
-                413,
-                f"the request body is larger than this server's limit of {limit} bytes (--max-request-bytes)",
-            )
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > 2 * limit:
+            break
+    if size > limit:
+        raise APIError(
+            413, f"the request body is larger than this server's limit of {limit} bytes (--max-request-bytes)"
+        )
     return b"".join(chunks)
 
 

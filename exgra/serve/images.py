@@ -1,4 +1,4 @@
-"""Images named in a request -> RGB PIL images, with the same confinement rules as training data.
+"""Images named in a request -> PIL images, with the same confinement rules as training data.
 
 * ``data:`` URLs (base64) are always accepted;
 * local paths and ``file://`` URLs only inside ``--image-root`` (:func:`exgra.data.images.safe_image_path`
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from exgra.data.images import safe_image_path, to_rgb
+from exgra.data.images import safe_image_path
 from exgra.errors import DataError
 from exgra.serve.config import ServeConfig
 from exgra.serve.errors import APIError
@@ -42,10 +42,14 @@ def _decode(data: bytes, config: ServeConfig, what: str) -> Image.Image:
                     "image_too_large",
                 )
             opened.load()
-            return to_rgb(opened)
+            # The file's own mode: the model's image processor converts it (as for `exgra ask`).
+            return opened
     except APIError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        message = f"{what} has more pixels than the server decodes"
+        raise APIError(413, message, "messages", "image_too_large") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise APIError(400, f"{what} is not a readable image ({type(exc).__name__})", "messages") from exc
 
 
@@ -117,7 +121,10 @@ def _remote(url: str, config: ServeConfig) -> bytes:
 
 
 def load_request_image(url: str, config: ServeConfig) -> Image.Image:
-    """The RGB image an ``image_url`` names; :class:`APIError` (400/413) for anything refused."""
+    """The image an ``image_url`` names, in its own mode (the model's processor makes it RGB).
+
+    :class:`APIError` (400 or 413) for anything refused.
+    """
     scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
     if scheme == "data":
         return _decode(_data_url(url, config), config, "the data: image")

@@ -1,6 +1,7 @@
-"""Multi-turn prompts under both templates, against the formats written out by hand (REFERENCE §4.2:
-LLaVA v0 ``conv_v1_2``, ``Role: text###`` after the seeded greeting; Vicuna v1: ``USER: q ASSISTANT: a</s>``),
-and OpenAI messages -> turns."""
+"""Multi-turn prompts, against the formats written out by hand (REFERENCE §4.2: LLaVA v0 ``conv_v1_2``
+after the seeded greeting; Vicuna v1: ``USER: q ASSISTANT: a</s>``) and against the Jinja chat templates
+saved with a checkpoint (written separately, used by vLLM and ``apply_chat_template``); OpenAI messages
+-> turns."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_legacy_multi_turn_prompt() -> None:
     turns = [("user", "Is this a CT? <image>"), ("assistant", "Yes."), ("user", "Which organ?")]
     expected = (
         f"{SYSTEM_MESSAGE}###Human: Hi!###Assistant: Hi there!  How can I help you today?\n"
-        f"###Human: Is this a CT?\n{IMG}###Assistant: Yes.###Human: Which organ?###"
+        f"###Human: Is this a CT?\n{IMG}###Assistant: Yes.\n###Human: Which organ?###"
     )
     assert template.conversation_prompt(turns, IMG) == expected
     assert template.conversation_prompt(turns[:1], IMG) == template.prompt("Is this a CT? <image>", IMG)
@@ -38,6 +39,24 @@ def test_chat_multi_turn_prompt() -> None:
     assert two_images == f"{CHAT_SYSTEM_MESSAGE} USER: Compare.\n{IMG}\n{IMG} ASSISTANT:"
     with pytest.raises(ValueError, match="ends with a user turn"):
         template.conversation_prompt(turns[:2], IMG)
+
+
+@pytest.mark.parametrize("name", ["legacy", "chat", "mistral_instruct"])
+def test_conversation_prompt_equals_the_saved_jinja_chat_template(name: str) -> None:
+    from exgra.data.templates import chat_template
+    from exgra.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = chat_template(name, IMG)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is this a CT?"}]},
+        {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": [{"type": "text", "text": "Which organ?"}]},
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    rendered = rendered.removeprefix(tokenizer.bos_token or "")
+    turns = [("user", "Is this a CT?"), ("assistant", "Yes."), ("user", "Which organ?")]
+    assert get_template(name).conversation_prompt(turns, IMG, images_per_turn=[1, 0, 0]) == rendered
 
 
 def test_messages_to_turns() -> None:
