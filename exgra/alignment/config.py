@@ -27,6 +27,10 @@ class AlignmentConfig(Section):
     )
     quadratic_weight: float = Field(0.5, ge=0.0, description="weight of the edge (quadratic) costs")
     lambda_val: float = Field(80.0, gt=0.0, description="blackbox-differentiation interpolation strength")
+    edge_gradient: bool = Field(
+        True,
+        description="blackbox gradient for the edge costs too (reference); false = unary costs only",
+    )
     scale_invariant_gradient: bool = Field(
         True, description="make the blackbox gradient independent of a mixed-precision loss scale"
     )

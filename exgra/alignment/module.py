@@ -185,7 +185,9 @@ class MultiGraphAlignment(nn.Module):
         # The loss is the mean of P Hamming losses, each (1/B)Σ|M - I|: every entry of ∂loss/∂M has
         # magnitude 1/(P·B) for an unscaled loss, the reference's perturbation size.
         gradient_norm = 1.0 / (count * batch) if config.scale_invariant_gradient else None
-        matchings = blackbox_matching(unary, quadratic, edges, edges, config.lambda_val, gradient_norm)
+        matchings = blackbox_matching(
+            unary, quadratic, edges, edges, config.lambda_val, gradient_norm, config.edge_gradient
+        )
         per_pair = hamming_loss(matchings)
         loss = per_pair.mean()
         accuracy = matching_accuracy(matchings.detach())

@@ -27,7 +27,7 @@ import copy
 import torch
 from torch import Tensor
 
-__all__ = ["matching_objective", "solve_matching"]
+__all__ = ["edge_pair_indicator", "matching_objective", "solve_matching"]
 
 _MAX_ITERATIONS_FACTOR = 8
 
@@ -465,6 +465,34 @@ def _solve(problem: _Problem, warm_start: Tensor | None, dtype: torch.dtype) -> 
     return matching[..., :n2]
 
 
+def edge_pair_indicator(matching: Tensor, edges_left: Tensor, edges_right: Tensor) -> Tensor:
+    """``Y[..., a, b] = x[i_a, k_b] · x[j_a, l_b]``: 1 where a 0/1 matching maps the left edge ``a = (i, j)``
+    onto the right edge ``b = (k, l)`` (the quadratic costs' coefficient, so ``∂objective/∂Q = Y``).
+
+    ``matching`` is ``[n1, n2]`` or ``[P, n1, n2]`` (possibly fractional), edges ``[2, E]`` or ``[P, 2, E]``
+    with ``-1`` for padding (which gets 0). Duplicated edges each get their own entry, as each copy's cost
+    is paid; a self loop ``(i, i)`` onto ``(k, k)`` gives ``x_ik²``. Returns ``[E1, E2]`` or ``[P, E1, E2]``.
+    """
+    batched = matching.dim() == 3
+    x = matching if batched else matching[None]
+    problems, _, n2 = x.shape
+    left = edges_left if edges_left.dim() == 3 else edges_left[None].expand(problems, -1, -1)
+    right = edges_right if edges_right.dim() == 3 else edges_right[None].expand(problems, -1, -1)
+    left, right = left.to(x.device), right.to(x.device)
+    valid1 = (left >= 0).all(1)
+    valid2 = (right >= 0).all(1)
+    src1, dst1 = left[:, 0].clamp(min=0), left[:, 1].clamp(min=0)
+    src2, dst2 = right[:, 0].clamp(min=0), right[:, 1].clamp(min=0)
+    rows_src = x.gather(1, src1[..., None].expand(-1, -1, n2))  # x[i_a, :] -> [P, E1, n2]
+    rows_dst = x.gather(1, dst1[..., None].expand(-1, -1, n2))
+    e1 = rows_src.shape[1]
+    pair = rows_src.gather(2, src2[:, None, :].expand(-1, e1, -1)) * rows_dst.gather(
+        2, dst2[:, None, :].expand(-1, e1, -1)
+    )
+    pair = pair * valid1[:, :, None] * valid2[:, None, :]
+    return pair if batched else pair[0]
+
+
 def matching_objective(
     matching: Tensor, unary_costs: Tensor, quadratic_costs: Tensor, edges_left: Tensor, edges_right: Tensor
 ) -> Tensor:
@@ -480,17 +508,6 @@ def matching_objective(
             f"matching must have the shape of unary_costs {list(unary.shape)}, got {list(matching.shape)}"
         )
     x = x.to(unary.dtype)
-    valid1 = (left >= 0).all(1)
-    valid2 = (right >= 0).all(1)
-    src1, dst1 = left[:, 0].clamp(min=0), left[:, 1].clamp(min=0)
-    src2, dst2 = right[:, 0].clamp(min=0), right[:, 1].clamp(min=0)
-    n2 = x.shape[2]
-    rows_src = x.gather(1, src1[..., None].expand(-1, -1, n2))  # x[i_a, :] -> [P, E1, n2]
-    rows_dst = x.gather(1, dst1[..., None].expand(-1, -1, n2))
-    e1 = rows_src.shape[1]
-    pair = rows_src.gather(2, src2[:, None, :].expand(-1, e1, -1)) * rows_dst.gather(
-        2, dst2[:, None, :].expand(-1, e1, -1)
-    )
-    pair = pair * valid1[:, :, None] * valid2[:, None, :]
+    pair = edge_pair_indicator(x, left, right)
     value = (unary * x).sum((1, 2)) + (quadratic * pair).sum((1, 2))
     return value if batched else value[0]

@@ -76,7 +76,19 @@ def _all_partial_matchings(n1: int, n2: int) -> np.ndarray:
 
 def brute_force(unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: torch.Tensor) -> float:
     """Exact minimum over all partial injective matchings (n <= 7), vectorised over matchings."""
+    return brute_force_matching(unary, quad, el, er)[1]
+
+
+def brute_force_matching(
+    unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Exact minimiser (0/1 ``[n1, n2]``) and minimum over all partial injective matchings (n <= 7).
+
+    Padding edges (``-1`` in either row) are skipped.
+    """
     u, q, a, b = unary.double().numpy(), quad.double().numpy(), el.numpy(), er.numpy()
+    keep_a, keep_b = (a >= 0).all(0), (b >= 0).all(0)
+    q, a, b = q[keep_a][:, keep_b], a[:, keep_a], b[:, keep_b]
     n1, n2 = u.shape
     sigma = _all_partial_matchings(n1, n2)
     unary_ext = np.concatenate([u, np.zeros((n1, 1))], axis=1)
@@ -87,7 +99,10 @@ def brute_force(unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: t
     values = unary_ext[np.arange(n1), sigma].sum(1)
     if a.shape[1]:
         values += lookup[np.arange(a.shape[1]), sigma[:, a[0]], sigma[:, a[1]]].sum(1)
-    return float(values.min())
+    best = int(values.argmin())
+    matching = torch.zeros(n1, n2 + 1)
+    matching[torch.arange(n1), torch.from_numpy(sigma[best])] = 1.0
+    return matching[:, :n2], float(values[best])
 
 
 def multi_restart_local_search(
