@@ -47,7 +47,7 @@ class BlackboxMatching(torch.autograd.Function):
         gradient_norm: float | None,
         edge_gradient: bool = True,
     ) -> Tensor:
-        matching, problem = _solve_and_keep(
+        matching, problem, _ = _solve_and_keep(
             unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right
         )
         ctx.save_for_backward(unary_costs.detach(), matching, edges_left, edges_right)
