@@ -33,8 +33,9 @@ __all__ = ["BlackboxMatching", "blackbox_matching"]
 
 
 class BlackboxMatching(torch.autograd.Function):
-    """Autograd function
-    ``(unary, quadratic, edges_left, edges_right, λ, gradient_norm, edge_gradient) -> matching``."""
+    """Autograd function ``(unary, quadratic, edges_left, edges_right, λ, gradient_norm, edge_gradient)
+    -> (matching, certified)``; ``certified`` (bool per problem) says whether the solver's lower bound proves
+    the matching optimal."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -47,9 +48,10 @@ class BlackboxMatching(torch.autograd.Function):
         gradient_norm: float | None,
         edge_gradient: bool = True,
     ) -> Tensor:
-        matching, problem, _ = _solve_and_keep(
+        matching, problem, certified = _solve_and_keep(
             unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right
         )
+        ctx.mark_non_differentiable(certified)
         ctx.save_for_backward(unary_costs.detach(), matching, edges_left, edges_right)
         # The backward re-solves the same graphs with other unary costs: keep the solver's set-up.
         ctx.problem = problem
@@ -57,10 +59,12 @@ class BlackboxMatching(torch.autograd.Function):
         ctx.gradient_norm = gradient_norm
         ctx.edge_gradient = edge_gradient
         ctx.quadratic_meta = (quadratic_costs.shape, quadratic_costs.dtype)
-        return matching
+        return matching, certified
 
     @staticmethod
-    def backward(ctx: Any, grad_matching: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_matching: Tensor, _grad_certified: Tensor | None = None
+    ) -> tuple[Tensor | None, ...]:
         unary, matching, edges_left, edges_right = ctx.saved_tensors
         shape, dtype = ctx.quadratic_meta
         grad = grad_matching.detach().float()
@@ -93,7 +97,8 @@ def blackbox_matching(
     lambda_val: float = 80.0,
     gradient_norm: float | None = None,
     edge_gradient: bool = True,
-) -> Tensor:
+    return_certificate: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Differentiable :func:`~exgra.alignment.solver.solve_matching` (shapes as there).
 
     Args:
@@ -103,11 +108,14 @@ def blackbox_matching(
             reference's backward, loss-scale dependence included.
         edge_gradient: return ``∂L/∂Q = -(Y(M) - Y(M_λ))/λ`` as the reference does (default); ``False``
             returns no gradient for the quadratic costs (unary-only).
+        return_certificate: also return per problem whether the solver's lower bound certifies the
+            matching optimal (bool, ``[P]`` or scalar).
     """
     if lambda_val <= 0:
         raise ValueError(f"lambda_val must be positive, got {lambda_val}")
     if gradient_norm is not None and gradient_norm <= 0:
         raise ValueError(f"gradient_norm must be positive or None, got {gradient_norm}")
-    return BlackboxMatching.apply(
+    matching, certified = BlackboxMatching.apply(
         unary_costs, quadratic_costs, edges_left, edges_right, lambda_val, gradient_norm, edge_gradient
     )
+    return (matching, certified) if return_certificate else matching
