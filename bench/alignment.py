@@ -1,10 +1,10 @@
 """Benchmark the alignment solver and loss; prints one table (quality and speed side by side).
 
 Run: ``pip install -e ".[bench]" && python bench/alignment.py`` (scipy's HiGHS MILP is the exact reference
-for n = 8–32; ``--milp-cache FILE`` keeps its results between runs). "ours" = the shipped solver and full
-blackbox gradient; "today" = the solver before issue #10 (plain local search from the greedy starts,
-i.e. ours with the extra starts and kick rounds switched off) with the unary-only gradient, measured in
-the same run. Instances come from exgra's own pipeline (``tests.alignment.instances.pipeline_problem``:
+for n = 8–32; ``--milp-cache FILE`` keeps its results between runs). "ours" = the shipped defaults (solver
+``search="iterated"``, full blackbox gradient); "today" = before issue #10: ``search="plain"`` (the local
+search from the greedy starts only, the earlier solver's algorithm) with the unary-only gradient, measured
+in the same run. Instances come from exgra's own pipeline (``tests.alignment.instances.pipeline_problem``:
 random features -> knn_graph k = 5 -> random-weight GraphEncoder -> matching_costs), forward costs with
 and without Gumbel noise and the blackbox backward's perturbed costs ``C + λ·g``.
 """
@@ -12,7 +12,6 @@ and without Gumbel noise and the blackbox backward's perturbed costs ``C + λ·g
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -28,24 +27,12 @@ from exgra.alignment import (  # noqa: E402
     AlignmentConfig,
     MultiGraphAlignment,
     blackbox_matching,
-    hamming_loss,
-    solver,  # noqa: E402
+    hamming_loss,  # noqa: E402
 )
 from exgra.alignment.solver import _solve_and_keep, matching_objective  # noqa: E402
 from tests.alignment.instances import brute_force, pipeline_problem  # noqa: E402
 
 SETTINGS = (("gumbel", True, False), ("no noise", False, False), ("perturbed", True, True))
-
-
-@contextlib.contextmanager
-def todays_solver() -> Iterator[None]:
-    """The solver as it was before issue #10: no pseudo-random starts, no kick rounds."""
-    saved = solver._RANDOM_STARTS, solver._KICK_ROUNDS
-    solver._RANDOM_STARTS, solver._KICK_ROUNDS = 0, 0
-    try:
-        yield
-    finally:
-        solver._RANDOM_STARTS, solver._KICK_ROUNDS = saved
 
 
 def timed(function: Callable[[], object], repeats: int) -> float:
@@ -59,8 +46,8 @@ def timed(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def solve(problem: tuple[torch.Tensor, ...]) -> tuple[float, bool]:
-    matching, _, certified = _solve_and_keep(*problem)
+def solve(problem: tuple[torch.Tensor, ...], search: str = "iterated") -> tuple[float, bool]:
+    matching, _, certified = _solve_and_keep(*problem, search=search)
     return float(matching_objective(matching, *problem)), bool(certified)
 
 
@@ -74,12 +61,18 @@ def instances(nodes: int, seeds: range, offset: int = 0) -> Iterator[tuple[str, 
             yield key, problem
 
 
-def step_backward(problem: tuple[torch.Tensor, ...], edge_gradient: bool, pairs: int) -> None:
+def step_backward(problem: tuple[torch.Tensor, ...], edge_gradient: bool, pairs: int, search: str) -> None:
     """One blackbox forward + backward of the mean Hamming loss (the training step's gradient)."""
     unary, quadratic = (tensor.clone().requires_grad_(True) for tensor in problem[:2])
     nodes = unary.shape[-1]
     matching = blackbox_matching(
-        unary, quadratic, *problem[2:], 80.0, gradient_norm=1 / (pairs * nodes), edge_gradient=edge_gradient
+        unary,
+        quadratic,
+        *problem[2:],
+        80.0,
+        gradient_norm=1 / (pairs * nodes),
+        edge_gradient=edge_gradient,
+        search=search,
     )
     hamming_loss(matching).mean().backward()
 
@@ -104,8 +97,7 @@ def main() -> None:
         for _, problem in instances(5 + seed % 3, range(seed, seed + 1)):
             best = brute_force(*problem)
             value, certified = solve(problem)
-            with todays_solver():
-                today, _ = solve(problem)
+            today, _ = solve(problem, "plain")
             counts["ours"] += value <= best + 1e-4
             counts["today"] += today <= best + 1e-4
             counts["certified"] += certified
@@ -136,8 +128,7 @@ def main() -> None:
                     args.milp_cache.write_text(json.dumps(cache))
             optimum, _, is_proven = cache[key]
             value, certified = solve(problem)
-            with todays_solver():
-                today, _ = solve(problem)
+            today, _ = solve(problem, "plain")
             for name, found in (("ours", value), ("today", today)):
                 hit[name] += found <= optimum + 1e-4
                 worst[name] = max(worst[name], (found - optimum) / abs(optimum) * 100)
@@ -159,8 +150,7 @@ def main() -> None:
         gains = []
         for _, problem in instances(nodes, range(200, 203 if nodes < 256 else 201)):
             value, _ = solve(problem)
-            with todays_solver():
-                today, _ = solve(problem)
+            today, _ = solve(problem, "plain")
             worse += value > today + 1e-4
             better += value < today - 1e-4
             gains.append((today - value) / abs(today) * 100)
@@ -186,26 +176,33 @@ def main() -> None:
         (f"one matching n={n}, fwd+bwd", pipeline_problem(n, 7), 1, 9 if n < 256 else 2) for n in (64, 256)
     ]
     for label, problem, pairs, repeats in cases:
-        ours = timed(lambda problem=problem, pairs=pairs: step_backward(problem, True, pairs), repeats)
-        with todays_solver():
-            today = timed(lambda problem=problem, pairs=pairs: step_backward(problem, False, pairs), repeats)
-        rows.append((f"time {label}", f"{ours:.1f} ms", f"{today:.1f} ms", ""))
+        times = {}
+        for edge_gradient, search in ((True, "iterated"), (True, "plain"), (False, "plain")):
+            times[edge_gradient, search] = timed(
+                lambda p=problem, n=pairs, e=edge_gradient, s=search: step_backward(p, e, n, s), repeats
+            )
+        rows.append(
+            (
+                f"time {label}",
+                f"{times[True, 'iterated']:.1f} ms",
+                f"{times[False, 'plain']:.1f} ms",
+                f"full gradient with search=plain: {times[True, 'plain']:.1f} ms",
+            )
+        )
     features = {name: torch.randn(16, 256) for name in ("image", "response", "caption")}
-    for edge_gradient, label in ((True, "ours"), (False, "today")):
+    full = {}
+    for edge_gradient, search in ((True, "iterated"), (True, "plain"), (False, "plain")):
         torch.manual_seed(0)
-        module = MultiGraphAlignment(AlignmentConfig(edge_gradient=edge_gradient), feature_dim=256).train()
+        config = AlignmentConfig(edge_gradient=edge_gradient, solver_search=search)
+        module = MultiGraphAlignment(config, feature_dim=256).train()
         inputs = {name: tensor.clone().requires_grad_(True) for name, tensor in features.items()}
-        if label == "ours":
-            full = timed(lambda module=module, inputs=inputs: module(inputs).loss.backward(), 15)
-        else:
-            with todays_solver():
-                full_today = timed(lambda module=module, inputs=inputs: module(inputs).loss.backward(), 15)
+        full[edge_gradient, search] = timed(lambda m=module, x=inputs: m(x).loss.backward(), 15)
     rows.append(
         (
             "time full loss fwd+bwd (6 matchings + GNN, D=256, B=16)",
-            f"{full:.1f} ms",
-            f"{full_today:.1f} ms",
-            "",
+            f"{full[True, 'iterated']:.1f} ms",
+            f"{full[False, 'plain']:.1f} ms",
+            f"full gradient with search=plain: {full[True, 'plain']:.1f} ms",
         )
     )
 

@@ -27,15 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from exgra.alignment.solver import _resolve, _solve_and_keep, edge_pair_indicator
+from exgra.alignment.solver import Search, _resolve, _solve_and_keep, edge_pair_indicator
 
 __all__ = ["BlackboxMatching", "blackbox_matching"]
 
 
 class BlackboxMatching(torch.autograd.Function):
-    """Autograd function ``(unary, quadratic, edges_left, edges_right, λ, gradient_norm, edge_gradient)
-    -> (matching, certified)``; ``certified`` (bool per problem) says whether the solver's lower bound proves
-    the matching optimal."""
+    """Autograd function ``(unary, quadratic, edges_left, edges_right, λ, gradient_norm, edge_gradient,
+    search) -> (matching, certified)``; ``certified`` (bool per problem) says whether the solver's lower
+    bound proves the matching optimal."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -47,9 +47,10 @@ class BlackboxMatching(torch.autograd.Function):
         lambda_val: float,
         gradient_norm: float | None,
         edge_gradient: bool = True,
-    ) -> Tensor:
+        search: Search = "iterated",
+    ) -> tuple[Tensor, Tensor]:
         matching, problem, certified = _solve_and_keep(
-            unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right
+            unary_costs.detach(), quadratic_costs.detach(), edges_left, edges_right, search=search
         )
         ctx.mark_non_differentiable(certified)
         ctx.save_for_backward(unary_costs.detach(), matching, edges_left, edges_right)
@@ -58,6 +59,7 @@ class BlackboxMatching(torch.autograd.Function):
         ctx.lambda_val = lambda_val
         ctx.gradient_norm = gradient_norm
         ctx.edge_gradient = edge_gradient
+        ctx.search = search
         ctx.quadratic_meta = (quadratic_costs.shape, quadratic_costs.dtype)
         return matching, certified
 
@@ -77,16 +79,16 @@ class BlackboxMatching(torch.autograd.Function):
             grad = grad / factor
         if unchanged:
             zero_quadratic = torch.zeros(shape, dtype=dtype, device=unary.device)
-            return (torch.zeros_like(unary), zero_quadratic if ctx.edge_gradient else None) + (None,) * 5
+            return (torch.zeros_like(unary), zero_quadratic if ctx.edge_gradient else None) + (None,) * 6
         lambda_val = ctx.lambda_val + 1e-8
-        perturbed = _resolve(ctx.problem, unary.float() + lambda_val * grad, warm_start=matching)
+        perturbed = _resolve(ctx.problem, unary.float() + lambda_val * grad, matching, ctx.search)
         grad_unary = -(matching.float() - perturbed) / lambda_val * factor
         grad_quadratic = None
         if ctx.edge_gradient:
             pairs = edge_pair_indicator(matching.float(), edges_left, edges_right)
             pairs_perturbed = edge_pair_indicator(perturbed, edges_left, edges_right)
             grad_quadratic = (-(pairs - pairs_perturbed) / lambda_val * factor).to(dtype)
-        return (grad_unary.to(unary.dtype), grad_quadratic) + (None,) * 5
+        return (grad_unary.to(unary.dtype), grad_quadratic) + (None,) * 6
 
 
 def blackbox_matching(
@@ -98,6 +100,7 @@ def blackbox_matching(
     gradient_norm: float | None = None,
     edge_gradient: bool = True,
     return_certificate: bool = False,
+    search: Search = "iterated",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Differentiable :func:`~exgra.alignment.solver.solve_matching` (shapes as there).
 
@@ -110,12 +113,20 @@ def blackbox_matching(
             returns no gradient for the quadratic costs (unary-only).
         return_certificate: also return per problem whether the solver's lower bound certifies the
             matching optimal (bool, ``[P]`` or scalar).
+        search: the solver's search, ``"iterated"`` or ``"plain"`` (:func:`solve_matching`).
     """
     if lambda_val <= 0:
         raise ValueError(f"lambda_val must be positive, got {lambda_val}")
     if gradient_norm is not None and gradient_norm <= 0:
         raise ValueError(f"gradient_norm must be positive or None, got {gradient_norm}")
     matching, certified = BlackboxMatching.apply(
-        unary_costs, quadratic_costs, edges_left, edges_right, lambda_val, gradient_norm, edge_gradient
+        unary_costs,
+        quadratic_costs,
+        edges_left,
+        edges_right,
+        lambda_val,
+        gradient_norm,
+        edge_gradient,
+        search,
     )
     return (matching, certified) if return_certificate else matching

@@ -31,6 +31,10 @@ class AlignmentConfig(Section):
         True,
         description="blackbox gradient for the edge costs too (reference); false = unary costs only",
     )
+    solver_search: Literal["iterated", "plain"] = Field(
+        "iterated",
+        description="iterated: extra starts and kick rounds (optimal as far as measured); plain: faster",
+    )
     scale_invariant_gradient: bool = Field(
         True, description="make the blackbox gradient independent of a mixed-precision loss scale"
     )

@@ -195,6 +195,7 @@ class MultiGraphAlignment(nn.Module):
             gradient_norm,
             config.edge_gradient,
             return_certificate=True,
+            search=config.solver_search,
         )
         per_pair = hamming_loss(matchings)
         loss = per_pair.mean()
