@@ -37,7 +37,6 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,7 +111,10 @@ def read_marker(folder: str | Path) -> Marker | None:
 
 
 def write_marker(folder: str | Path, command: str, owned: Iterable[str] | None = None) -> Path:
-    """Write ``folder``'s marker; ``owned`` defaults to the entries now in ``folder`` (a finished build)."""
+    """Write ``folder``'s marker; ``owned`` defaults to the entries now in ``folder`` (a finished build).
+
+    The content is deterministic (no time stamp), so a rebuilt folder is byte-identical.
+    """
     from exgra import __version__
     from exgra.io import write_json_atomic
 
@@ -124,7 +126,6 @@ def write_marker(folder: str | Path, command: str, owned: Iterable[str] | None =
         "command": command,
         "owned": list(owned),
         "exgra_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": "exgra --overwrite replaces only the entries listed in 'owned'",
     }
     return write_json_atomic(folder / MARKER_NAME, marker)

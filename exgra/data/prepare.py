@@ -39,7 +39,8 @@ from exgra.data.records import (
     write_checksums,
 )
 from exgra.errors import DataError, ExgraError
-from exgra.io import check_output_dir, staged_output_dir, write_json_atomic
+from exgra.io import write_json_atomic
+from exgra.outputs import describe_path, staged_output_folder
 
 __all__ = ["DATASETS", "PreparedDataset", "prepare_dataset"]
 
@@ -294,7 +295,8 @@ def prepare_dataset(
     ``val_size`` (VQA-RAD only; default 451) is the number of training questions moved to the
     seeded validation split. ``num_samples`` / ``image_size`` apply to ``demo`` only. The output is
     built in a temporary folder and renamed into place; an existing non-empty ``output`` is only
-    replaced with ``overwrite=True``.
+    replaced with ``overwrite=True``, and only when it is an earlier ``exgra prepare`` output with
+    nothing else in it (see :mod:`exgra.outputs`).
     """
     if name not in DATASETS:
         raise ExgraError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
@@ -318,11 +320,15 @@ def prepare_dataset(
         raise ExgraError(f"preparing {name} needs --source, the folder of the downloaded release")
     source = Path(source)
     if not source.is_dir():
+        if source.exists():
+            raise DataError(f"--source {source} is {describe_path(source)}, not a folder")
         raise DataError(f"source folder not found: {source}")
-    check_output_dir(output, overwrite)
     if output.resolve().is_relative_to(source.resolve()):
         raise ExgraError(f"the output folder {output} must not be inside the source folder {source}")
-    with staged_output_dir(output, overwrite) as building:
+    # Only an earlier `exgra prepare` output, and nothing else, is ever replaced (exgra.outputs).
+    with staged_output_folder(
+        output, "prepare", overwrite=overwrite, inputs={"--source": source}
+    ) as building:
         counts = _convert(name, source, building, seed, val_size)
     return PreparedDataset(
         root=output,
