@@ -49,8 +49,16 @@ LLMMaxRetries = Annotated[
 LLMMaxReasks = Annotated[
     int, typer.Option("--max-reasks", min=0, help="Re-asks per request when the reply is not usable.")
 ]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter(f"must be more than 0 seconds, got {value:g}")
+    return value
+
+
 LLMTimeout = Annotated[
-    float, typer.Option("--timeout", min=0.0, min_open=True, help="Seconds per request (more than 0).")
+    float, typer.Option("--timeout", callback=_positive, help="Seconds per request (more than 0).")
 ]
 EnvFile = Annotated[
     Path | None, typer.Option("--env-file", help="A .env file with the API key (default: ./.env).")
@@ -59,7 +67,7 @@ EnvFile = Annotated[
 
 def hidden_alias(spelling: str) -> Any:
     """An old spelling of a renamed option: accepted, not shown in ``--help``."""
-    return typer.Option(None, spelling, hidden=True)
+    return typer.Option(spelling, hidden=True)
 
 
 def pick(value: Any, alias_value: Any, name: str, alias: str, required: bool = True) -> Any:
