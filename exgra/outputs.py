@@ -51,6 +51,7 @@ __all__ = [
     "check_output_folder",
     "check_resume_settings",
     "claim_folder",
+    "compare_settings",
     "describe_path",
     "foreign_entries",
     "read_marker",
@@ -351,7 +352,18 @@ def check_resume_settings(
     path = Path(path)
     if not path.exists():
         return
-    previous = read_settings(path, hint="pass --overwrite to start over")
+    compare_settings(read_settings(path), current, keys, path, hint)
+
+
+def compare_settings(
+    previous: Mapping[str, Any],
+    current: Mapping[str, Any],
+    keys: Iterable[str] | None,
+    source: str | Path,
+    hint: str = "rerun with the same settings, or pass --overwrite to start over",
+) -> None:
+    """Refuse when a setting in ``keys`` (default: every key of ``current``) differs between the run
+    recorded in ``source`` (``previous``) and this one; name each with its old and new value."""
     current = json.loads(json.dumps(dict(current), default=str))  # compare as stored (paths, tuples)
     names = list(keys) if keys is not None else list(current)
     changed = [name for name in names if previous.get(name) != current.get(name)]
@@ -359,7 +371,7 @@ def check_resume_settings(
         details = "; ".join(
             f"{name} was {_shown(previous.get(name))}, now {_shown(current.get(name))}" for name in changed
         )
-        raise ExgraError(f"cannot resume the run recorded in {path}: {details}; {hint}")
+        raise ExgraError(f"cannot resume the run recorded in {source}: {details}; {hint}")
 
 
 def write_settings(path: str | Path, settings: Mapping[str, Any]) -> Path:

@@ -65,6 +65,27 @@ EnvFile = Annotated[
 ]
 
 
+def llm_settings(
+    model: str,
+    base_url: str | None,
+    concurrency: int,
+    max_retries: int,
+    max_reasks: int,
+    timeout: float,
+    **extra: object,
+) -> dict[str, object]:
+    """The LLM endpoint option group as the ``settings`` mapping of a validated config."""
+    return {
+        "model": model,
+        "base_url": base_url,
+        "concurrency": concurrency,
+        "max_retries": max_retries,
+        "max_reasks": max_reasks,
+        "timeout": timeout,
+        **extra,
+    }
+
+
 def hidden_alias(spelling: str) -> Any:
     """An old spelling of a renamed option: accepted, not shown in ``--help``."""
     return typer.Option(spelling, hidden=True)
