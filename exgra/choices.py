@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["DtypeName", "OnFailure", "ScorerName", "TemplateName", "ZeroShotMethod", "choices"]
+__all__ = [
+    "DtypeName",
+    "ImageAblation",
+    "OnFailure",
+    "ScorerName",
+    "TemplateName",
+    "ZeroShotMethod",
+    "choices",
+]
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 TemplateName = Literal["legacy", "chat"]
 ScorerName = Literal["legacy", "strict", "llava-med", "llava-med-pre35"]
 OnFailure = Literal["skip", "keep-original"]
 ZeroShotMethod = Literal["likelihood", "legacy"]
+ImageAblation = Literal["none", "blank", "noise"]
 
 
 def choices(literal: object) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exgra import __version__
+from exgra.choices import ScorerName, choices
 from exgra.errors import DataError, ExgraError
 from exgra.eval.metrics import (
     LegacyCandidateMatcher,
@@ -39,7 +40,7 @@ from exgra.eval.metrics import (
 )
 from exgra.io import read_json, read_jsonl_lines, write_json_atomic, write_text_atomic
 
-SCORERS: tuple[str, ...] = ("legacy", "strict", "llava-med", "llava-med-pre35")
+SCORERS: tuple[str, ...] = choices(ScorerName)
 # Bump a scorer's version whenever its numbers could change.
 SCORER_VERSIONS: dict[str, str] = {"legacy": "1", "strict": "1", "llava-med": "1", "llava-med-pre35": "1"}
 OPEN_METRICS: tuple[str, ...] = (
