@@ -100,3 +100,10 @@ def pick(value: Any, alias_value: Any, name: str, alias: str, required: bool = T
     if chosen is None and required:
         raise typer.BadParameter("missing: this option is required", param_hint=f"'{name}'")
     return chosen
+
+
+def recipe_help() -> str:
+    """``--config`` help naming the shipped recipes (read from exgra/configs/ without importing anything)."""
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    names = sorted(path.stem for path in folder.glob("*.yaml"))
+    return "YAML recipe: a file path or a shipped recipe name (" + ", ".join(names) + ")."
