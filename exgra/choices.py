@@ -15,11 +15,13 @@ __all__ = [
     "OnFailure",
     "ScorerName",
     "TemplateName",
+    "WeightsDtype",
     "ZeroShotMethod",
     "choices",
 ]
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+WeightsDtype = Literal["float32", "bfloat16", "float16"]  # a stored checkpoint's dtype (no "auto")
 TemplateName = Literal["legacy", "chat"]
 ScorerName = Literal["legacy", "strict", "llava-med", "llava-med-pre35"]
 OnFailure = Literal["skip", "keep-original"]

@@ -75,20 +75,24 @@ def score(
     """Score VQA answers: open recall/F1/BLEU/exact match, candidate open accuracy, closed accuracy."""
     from rich.console import Console
 
-    from exgra.eval.scoring import score_answers
-    from exgra.io import check_output_file
-    from exgra.outputs import check_distinct_outputs, check_not_inputs
+    from exgra.config import validate_config
+    from exgra.eval.scoring import ScoreConfig, run_score
 
-    data = pick(data, gt, "--data", "--gt")
-    answers = pick(answers, pred, "--answers", "--pred")
-    outputs = {"--output": output, "--per-item": per_item}
-    # Refuse before the work, not after it; an output may never be one of the inputs (issue #12.3).
-    for path in (output, per_item):
-        if path is not None:
-            check_output_file(path, overwrite)
-    check_not_inputs(outputs, {"--data": data, "--answers": answers, "--candidates": candidates})
-    check_distinct_outputs(outputs)
-    report = score_answers(data, answers, candidates, scorer=scorer, allow_partial=allow_partial)
+    config = validate_config(
+        ScoreConfig,
+        {
+            "data": pick(data, gt, "--data", "--gt"),
+            "answers": pick(answers, pred, "--answers", "--pred"),
+            "candidates": candidates,
+            "scorer": scorer,
+            "allow_partial": allow_partial,
+            "output": output,
+            "per_item": per_item,
+            "overwrite": overwrite,
+        },
+        "command-line options",
+    )
+    report = run_score(config)
     _print_table(report.metrics)
     console = Console(stderr=True)
     if report.num_left_out:
@@ -98,12 +102,9 @@ def score(
             style="yellow",
             markup=False,
         )
-    if output is not None:
-        report.save(output, overwrite=overwrite)
-        console.print(f"Metrics written to {output}", markup=False)
-    if per_item is not None:
-        report.save_items(per_item, overwrite=overwrite)
-        console.print(f"Per-question results written to {per_item}", markup=False)
+    for path, what in ((output, "Metrics"), (per_item, "Per-question results")):
+        if path is not None:
+            console.print(f"{what} written to {path}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,11 +26,13 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 from rich.progress import track
 
+from exgra.config import Section
 from exgra.data.images import safe_image_path
 from exgra.data.records import (
     IMAGE_TOKEN,
@@ -42,7 +44,7 @@ from exgra.errors import DataError, ExgraError
 from exgra.io import write_json_atomic
 from exgra.outputs import describe_path, staged_output_folder
 
-__all__ = ["DATASETS", "PreparedDataset", "prepare_dataset"]
+__all__ = ["DATASETS", "PrepareConfig", "PreparedDataset", "prepare_dataset", "run_prepare"]
 
 DATASETS: tuple[str, ...] = ("vqa-rad", "slake", "pathvqa", "demo")
 SPLIT_FILES = {
@@ -281,7 +283,7 @@ def _convert(name: str, source: Path, root: Path, seed: int, val_size: int | Non
 
 
 def prepare_dataset(
-    name: str,
+    dataset: str,
     output: str | Path,
     source: str | Path | None = None,
     seed: int = 0,
@@ -298,6 +300,7 @@ def prepare_dataset(
     replaced with ``overwrite=True``, and only when it is an earlier ``exgra prepare`` output with
     nothing else in it (see :mod:`exgra.outputs`).
     """
+    name = {"path-vqa": "pathvqa"}.get(dataset, dataset)  # the hub's spelling, accepted
     if name not in DATASETS:
         raise ExgraError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
     output = Path(output)
@@ -338,3 +341,21 @@ def prepare_dataset(
         checksums=output / "checksums.sha256",
         counts=counts,
     )
+
+
+class PrepareConfig(Section):
+    """What ``exgra prepare`` builds (validated); ``source`` is the downloaded release (not for ``demo``)."""
+
+    dataset: Literal["vqa-rad", "slake", "pathvqa", "demo"]
+    output: Path
+    source: Path | None = None
+    seed: int = 0
+    val_size: int | None = Field(None, ge=1, description="vqa-rad only (default 451)")
+    num_samples: int = Field(400, ge=10, description="demo only")
+    image_size: int = Field(64, ge=16, description="demo only")
+    overwrite: bool = False
+
+
+def run_prepare(config: PrepareConfig) -> PreparedDataset:
+    """The ``exgra prepare`` entry point (see :func:`prepare_dataset`)."""
+    return prepare_dataset(**config.model_dump())

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPVisionModel, LlamaConfig
 
+from exgra.choices import WeightsDtype
+from exgra.config import Section
 from exgra.errors import ExgraError
 from exgra.models.config import ModelConfig
 from exgra.models.image_processor import ImageProcessor
@@ -238,3 +240,20 @@ def convert_legacy_checkpoint(
     path = bundle.save(destination, overwrite=overwrite)
     write_marker(path, "convert")
     return ConversionResult(path, connector, projector_type, str(tower_source), len(state), ignored)
+
+
+class ConvertConfig(Section):
+    """What ``exgra convert`` does (validated); see :func:`convert_legacy_checkpoint`."""
+
+    source: Path
+    destination: Path
+    vision_tower: str | None = None
+    overwrite: bool = False
+    dtype: WeightsDtype | None = None
+    dense_connector: Literal["dci", "sci"] = "dci"
+    progress: bool = True
+
+
+def run_convert(config: ConvertConfig) -> ConversionResult:
+    """The ``exgra convert`` entry point."""
+    return convert_legacy_checkpoint(**config.model_dump())

@@ -220,7 +220,7 @@ def test_convert_cli_errors(tmp_path, run_exgra):
     offline = run_exgra("convert", source, tmp_path / "out2", "--vision-tower", tmp_path / "no-clip")
     assert offline.exit_code == 1 and "vision tower" in offline.stderr
     bad_dtype = run_exgra("convert", source, tmp_path / "out3", "--dtype", "int8")
-    assert bad_dtype.exit_code == 1 and "--dtype" in bad_dtype.stderr
+    assert bad_dtype.exit_code == 2 and "--dtype" in bad_dtype.stderr  # a usage error: choices shown
     usage = run_exgra("convert")
     assert usage.exit_code == 2
 
