@@ -13,37 +13,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.bad_files import png_declaring
 from tests.eval.test_generate import _one_thread, save_tiny_model  # noqa: F401
 
 DEAD_ENDPOINT = "http://127.0.0.1:9/v1"  # the discard port: nothing listens, every request fails
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares ``width`` × ``height`` pixels (a decompression bomb when large)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 8))
-        + chunk(b"IEND", b"")
-    )
 
 
 def vqa_record(index: int, image: str) -> dict:
