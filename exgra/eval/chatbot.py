@@ -297,25 +297,3 @@ def run_settings_path(output: Path) -> Path:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def print_summary(report: ChatbotEvalReport, console: Console | None = None) -> None:
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=f"chatbot judge: {report.summary['judge_model']}")
-    for column in ("category", "n", "gpt4_score", "pred_score", "relative_score"):
-        table.add_column(column, justify="left" if column == "category" else "right")
-    for name, row in report.summary["scores"].items():
-        table.add_row(
-            name, str(row["n"]), f"{row['gpt4_score']:.2f}", f"{row['pred_score']:.2f}",
-            f"{row['relative_score']:.1f}",
-        )  # fmt: skip
-    console.print(table)
-    if report.failed_ids:
-        console.print(
-            f"{len(report.failed_ids)} questions could not be judged ({', '.join(report.failed_ids[:10])}); "
-            "rerun with --resume to retry them",
-            markup=False,
-        )
-    console.print(f"wrote {report.reviews_path} and {report.summary_path}", markup=False)

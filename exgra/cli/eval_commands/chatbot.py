@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from exgra.eval.chatbot import ChatbotEvalReport
 
 from exgra.cli.options import (
     EnvFile,
@@ -52,7 +57,7 @@ def chatbot_command(
 
     from exgra.cli import set_interrupt_hint
     from exgra.config import validate_config
-    from exgra.eval.chatbot import ChatbotEvalConfig, evaluate_chatbot, print_summary
+    from exgra.eval.chatbot import ChatbotEvalConfig, evaluate_chatbot
 
     config = validate_config(
         ChatbotEvalConfig,
@@ -75,6 +80,27 @@ def chatbot_command(
     )
     set_interrupt_hint("finished reviews are kept: rerun with --resume to continue")
     print_summary(evaluate_chatbot(config, console=Console(stderr=True)), console=Console())
+
+
+def print_summary(report: ChatbotEvalReport, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"chatbot judge: {report.summary['judge_model']}")
+    for column in ("category", "n", "gpt4_score", "pred_score", "relative_score"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for name, row in report.summary["scores"].items():
+        table.add_row(
+            name, str(row["n"]), f"{row['gpt4_score']:.2f}", f"{row['pred_score']:.2f}",
+            f"{row['relative_score']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    if report.failed_ids:
+        console.print(
+            f"{len(report.failed_ids)} questions could not be judged ({', '.join(report.failed_ids[:10])}); "
+            "rerun with --resume to retry them",
+            markup=False,
+        )
+    console.print(f"wrote {report.reviews_path} and {report.summary_path}", markup=False)
 
 
 def register(eval_app: typer.Typer) -> None:
