@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from exgra.cli.options import Device, Dtype, Template
 from exgra.errors import ExgraError
 
 
@@ -35,9 +36,9 @@ def serve(
     default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1),
     max_batch_size: int = typer.Option(16, "--max-batch-size", min=1, help="1 turns dynamic batching off."),
     batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0),
-    template: str | None = typer.Option(None, "--template", help="legacy or chat (default: the model's)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    template: Template = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
 ) -> None:
     """Serve a model over OpenAI's /v1/chat/completions (research use only, no clinical use)."""
     try:

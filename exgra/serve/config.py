@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from exgra.choices import DtypeName, TemplateName
 from exgra.config import Section
 
 __all__ = ["RESEARCH_NOTICE", "ServeConfig"]
@@ -41,5 +42,5 @@ class ServeConfig(Section):
     max_queue: int = Field(256, ge=1, description="requests waiting beyond this get 503")
     remote_timeout_s: float = Field(10.0, gt=0)
     device: str = "auto"
-    dtype: str = "auto"
-    template: str | None = None
+    dtype: DtypeName = "auto"
+    template: TemplateName | None = None
