@@ -58,9 +58,15 @@ class TemplateEncoder:
         max_length: int,
         human_turn_masking: str = "full",
         use_im_start_end: bool = True,
+        tokenization: str = "auto",
     ) -> None:
         self.tokenizer = tokenizer
         self.template = template
+        # "auto": the reference's slow-tokenizer ids under the legacy template (what released checkpoints
+        # were trained on), per-segment encoding otherwise.
+        if tokenization == "auto":
+            tokenization = "reference" if getattr(template, "name", "") == "legacy" else "segments"
+        self.tokenization = tokenization
         self.image_processor = image_processor
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
@@ -72,7 +78,7 @@ class TemplateEncoder:
         pixel_values = self.image_processor([image])[0]
         segments = self.template.training_segments(_as_dicts(conversations), self.image_tokens)
         input_ids, labels = tokenize_conversation(
-            self.tokenizer, segments, self.max_length, self.human_turn_masking
+            self.tokenizer, segments, self.max_length, self.human_turn_masking, self.tokenization
         )
         image_positions = sum(1 for token in input_ids if token == self.image_token_id)
         if image_positions != self.num_image_tokens:
@@ -107,6 +113,7 @@ class SupervisedDataset(Dataset):
         alignment_texts: bool = False,
         use_im_start_end: bool = True,
         encoder: Callable[[Any, Sequence[Any]], dict[str, Any]] | None = None,
+        tokenization: str = "auto",
     ) -> None:
         self.records = list(records)
         self.image_folder = Path(image_folder)
@@ -121,6 +128,7 @@ class SupervisedDataset(Dataset):
             max_length,
             human_turn_masking,
             use_im_start_end,
+            tokenization,
         )
         if alignment_texts:
             missing = [str(r.id) for r in self.records if not getattr(r, "conversations_long", None)]
@@ -136,7 +144,7 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         try:
-            image = load_image(self.image_folder, record.image)
+            image = load_image(self.image_folder, record.image, conversion=None)
         except Exception as exc:  # any unreadable image is reported with its record id
             return {"bad_record": record.id, "reason": f"image {record.image!r} could not be loaded: {exc}"}
         try:

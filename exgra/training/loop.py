@@ -351,11 +351,13 @@ def run_training(
         None,
         0,
         data_cfg.max_length,
-        human_turn_masking=data_cfg.human_turn_masking,
         alignment_texts=alignment is not None,
-        use_im_start_end=config.model.use_im_start_end,
         encoder=family.sample_encoder(
-            bundle, data_cfg.max_length, data_cfg.human_turn_masking, config.model.use_im_start_end
+            bundle,
+            data_cfg.max_length,
+            data_cfg.human_turn_masking,
+            config.model.use_im_start_end,
+            tokenization=data_cfg.tokenization,
         ),
     )
     collator = TrainingCollator(tokenizer.pad_token_id, family.collate_vision)

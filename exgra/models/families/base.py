@@ -126,7 +126,12 @@ class ModelFamily:
 
     # ---- samples
     def sample_encoder(
-        self, bundle: Any, max_length: int, human_turn_masking: str = "full", use_im_start_end: bool = True
+        self,
+        bundle: Any,
+        max_length: int,
+        human_turn_masking: str = "full",
+        use_im_start_end: bool = True,
+        tokenization: str = "auto",
     ) -> SampleEncoder:
         """A function ``(image, conversations) -> item`` (``input_ids``, ``labels``, vision tensors).
 
@@ -402,7 +407,12 @@ class ChatFamily(ModelFamily):
         return "".join(out), len(pieces) - 1
 
     def sample_encoder(
-        self, bundle: Any, max_length: int, human_turn_masking: str = "full", use_im_start_end: bool = True
+        self,
+        bundle: Any,
+        max_length: int,
+        human_turn_masking: str = "full",
+        use_im_start_end: bool = True,
+        tokenization: str = "auto",
     ) -> SampleEncoder:
         tokenizer = bundle.tokenizer
         image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)

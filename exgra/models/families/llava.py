@@ -65,7 +65,12 @@ class LlavaFamily(ModelFamily):
 
     # ---- samples
     def sample_encoder(
-        self, bundle: Any, max_length: int, human_turn_masking: str = "full", use_im_start_end: bool = True
+        self,
+        bundle: Any,
+        max_length: int,
+        human_turn_masking: str = "full",
+        use_im_start_end: bool = True,
+        tokenization: str = "auto",
     ) -> SampleEncoder:
         from exgra.data.datasets import TemplateEncoder
 
@@ -77,6 +82,7 @@ class LlavaFamily(ModelFamily):
             max_length,
             human_turn_masking,
             use_im_start_end,
+            tokenization,
         )
 
     def collate_vision(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
