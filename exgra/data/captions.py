@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exgra.errors import DataError, ExgraError
 from exgra.io import check_output_file, read_json, write_json_atomic
+from exgra.jsonl import Journal
 from exgra.llm import (
     Credentials,
     LLMClient,
@@ -32,7 +32,7 @@ from exgra.llm import (
     extract_json_object,
     resolve_credentials,
 )
-from exgra.llm.journal import Journal
+from exgra.progress import make_progress
 from exgra.prompts import load_prompt
 
 CONVERSATION_KEYS = ("conversations", "conversatons")  # the reference's data has the typo
@@ -232,16 +232,7 @@ async def _run(
     console: Console,
 ) -> dict[int, dict[str, Any]]:
     entries: dict[int, dict[str, Any]] = {}
-    progress = Progress(
-        TextColumn("[bold]extend-captions"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not options.show_progress,
-        transient=False,
-    )
+    progress = make_progress(options.show_progress, console, label="extend-captions")
     task = progress.add_task("records", total=len(pending), detail="")
     stats = report.stats
 

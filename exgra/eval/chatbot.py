@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exgra.errors import DataError, ExgraError
 from exgra.io import check_output_file, read_jsonl, write_json_atomic
+from exgra.jsonl import Journal
 from exgra.llm import Credentials, LLMClient, LLMSettings, LLMStats, ReplyError, resolve_credentials
-from exgra.llm.journal import Journal
+from exgra.progress import make_progress
 from exgra.prompts import load_prompt
 
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
@@ -167,15 +167,7 @@ async def _judge(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     reviews: list[dict[str, Any]] = []
     failed: list[str] = []
-    progress = Progress(
-        TextColumn("[bold]judging"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not options.show_progress,
-    )
+    progress = make_progress(options.show_progress, console, label="judging")
     task = progress.add_task("judge", total=len(pending), detail="")
 
     def refresh(advance: int = 0) -> None:

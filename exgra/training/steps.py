@@ -1,4 +1,8 @@
-"""One training step's losses: ``{"loss", "lm_loss", "align_loss"}`` (REFERENCE §2.1, §2.9, §2.11).
+"""One training step's losses and diagnostics (REFERENCE §2.1, §2.9, §2.11).
+
+:class:`TrainingModule` returns a dict: ``loss`` (the tensor to back-propagate), every ``*_loss``
+(tensors) and the alignment module's diagnostics (floats, prefixed ``align_``). The loop logs whatever
+arrives, so a new loss or diagnostic needs no change in the loop or the logger.
 
 The image features are computed once (``model.encode_images``) and reused twice: spliced into the
 LM pass through ``inputs_embeds`` and mean-pooled over patches as the image node features. The
@@ -83,8 +87,9 @@ class TrainingModule(nn.Module):
         self.pack_text_passes = pack_text_passes
         self.pad_token_id = pad_token_id
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Losses of one micro-batch: ``loss`` = ``lm_loss`` + alpha * ``align_loss`` (scalars)."""
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Losses of one micro-batch: ``loss`` = ``lm_loss`` + alpha * ``align_loss`` (scalar tensors),
+        plus ``align_<name>`` floats for each alignment diagnostic (matching accuracy, Hamming, ...)."""
         model = self.model
         image_features = model.encode_images(batch["pixel_values"])  # [B, N, D]
         inputs_embeds = model.embed_inputs(batch["input_ids"], image_features)  # [B, L, D]
@@ -120,4 +125,7 @@ class TrainingModule(nn.Module):
         align_loss = aligned.loss.to(lm_loss.dtype)
         losses["align_loss"] = align_loss
         losses["loss"] = lm_loss + self.alpha * align_loss
+        for name, value in aligned.diagnostics.items():
+            if name != "loss":  # already there as align_loss
+                losses[f"align_{name}"] = value
         return losses

@@ -270,7 +270,7 @@ def test_export_from_a_gathered_state_dict_matches_the_direct_export(tmp_path):
     """The FSDP / DeepSpeed export path: full weights -> meta-built model -> HF-native directory."""
     from exgra.alignment import AlignmentConfig, MultiGraphAlignment
     from exgra.models import build_model, load_model
-    from exgra.training.loop import module_from_state_dict, save_model_dir
+    from exgra.training.checkpoint import module_from_state_dict, save_model_dir
     from exgra.training.steps import TrainingModule
 
     config = load_train_config("stage2", CONFIGS / "tiny_stage2.yaml")
