@@ -11,6 +11,7 @@ Ctrl-C never leaves half a file and never destroys the previous one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ __all__ = [
     "read_jsonl",
     "read_jsonl_lines",
     "read_text",
+    "sha256_file",
     "staged_output_dir",
     "write_json_atomic",
     "write_text_atomic",
@@ -109,6 +111,15 @@ def read_jsonl_lines(
 def read_jsonl(path: str | Path, what: str = "file", required_key: str | None = None) -> list[dict[str, Any]]:
     """The objects of a JSONL file (see :func:`read_jsonl_lines`)."""
     return [row for _, row in read_jsonl_lines(path, what, required_key)]
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _refuse_file_in_the_way(path: Path) -> None:

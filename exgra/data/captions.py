@@ -21,7 +21,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from exgra.errors import DataError, ExgraError
-from exgra.io import check_output_file, read_json, write_json_atomic
+from exgra.io import check_output_file, read_json, sha256_file, write_json_atomic
 from exgra.jsonl import Journal
 from exgra.llm import (
     Credentials,
@@ -34,8 +34,8 @@ from exgra.llm import (
 )
 from exgra.progress import make_progress
 from exgra.prompts import load_prompt
+from exgra.vocabulary import CONVERSATION_KEYS
 
-CONVERSATION_KEYS = ("conversations", "conversatons")  # the reference's data has the typo
 JOURNAL_KIND = "exgra-extend-captions"
 
 
@@ -174,14 +174,6 @@ def merge_extended(
     return merged
 
 
-def _input_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_paths(options: ExtendCaptionsOptions, journal: Path) -> None:
     if options.input_path.resolve() == options.output_path.resolve():
         raise ExgraError("--output must differ from the input file (the input is never overwritten)")
@@ -304,7 +296,7 @@ def extend_captions(options: ExtendCaptionsOptions, console: Console | None = No
         "kind": JOURNAL_KIND,
         "version": 1,
         "input": str(options.input_path),
-        "input_sha256": _input_digest(options.input_path),
+        "input_sha256": sha256_file(options.input_path),
         "prompt_sha256": hashlib.sha256(system_prompt.encode()).hexdigest()[:16],
         "model": options.settings.model,
     }

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from exgra.errors import ConfigError
+from exgra.vocabulary import (
+    IMAGE_END_TOKEN,
+    IMAGE_PATCH_TOKEN,
+    IMAGE_PLACEHOLDER,
+    IMAGE_START_TOKEN,
+    strip_image_placeholder,
+)
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
@@ -21,10 +28,6 @@ __all__ = [
     "list_templates",
 ]
 
-IMAGE_PLACEHOLDER = "<image>"
-IMAGE_PATCH_TOKEN = "<im_patch>"
-IMAGE_START_TOKEN = "<im_start>"
-IMAGE_END_TOKEN = "<im_end>"
 
 SYSTEM_MESSAGE = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
@@ -113,10 +116,6 @@ class ConversationTemplate:
                 segments.append((f" {value}</s>", True))
         return segments
 
-    def training_text(self, conversations: Sequence[Any], image_tokens: str = "") -> str:
-        """The full training string (the concatenated segments)."""
-        return "".join(text for text, _ in self.training_segments(conversations, image_tokens))
-
     def prompt(self, question: str, image_tokens: str = "") -> str:
         """Generation prompt for one question about one image.
 
@@ -124,7 +123,7 @@ class ConversationTemplate:
         reference's evaluation does. The legacy prompt ends with ``###``; the model continues with
         ``Assistant: ...`` and stops at the next ``###``.
         """
-        text = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        text = strip_image_placeholder(question)
         if image_tokens:
             text = f"{text}\n{image_tokens}"
         if self.name == "legacy":

@@ -26,6 +26,8 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from exgra.errors import ExgraError
+from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
+from exgra.vocabulary import strip_image_placeholder as question_text
 
 __all__ = [
     "AnswerGenerator",
@@ -37,8 +39,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
 ]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -85,11 +85,6 @@ def load_inference_model(
     bundle.model.eval()
     bundle.tokenizer.padding_side = "left"
     return bundle
-
-
-def question_text(human_value: str) -> str:
-    """The question of a human turn: the ``<image>`` placeholder removed and whitespace stripped (§7.1)."""
-    return human_value.replace("<image>", "").strip()
 
 
 class _StopOnStrings(StoppingCriteria):

@@ -5,29 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from exgra.data.images import to_rgb
+
 __all__ = ["ImageProcessor", "to_rgb"]
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
-
-    High-bit-depth modes (``I;16``, ``I``, ``F``, common for DICOM-derived and 16-bit PNG medical
-    images) are min-max rescaled to 0-255 first: PIL's own conversion clips them, which turns most
-    radiographs white.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-    return image.convert("RGB")
 
 
 class ImageProcessor:

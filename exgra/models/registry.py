@@ -36,6 +36,7 @@ from exgra.data.templates import ConversationTemplate, get_template, image_token
 from exgra.errors import ConfigError, ExgraError
 from exgra.io import staged_output_dir
 from exgra.models.config import ModelConfig
+from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaConfig, ExgraLlavaForConditionalGeneration, VisionProjector
 from exgra.models.tokenizer import IMAGE_PATCH_TOKEN, add_image_tokens, build_tiny_tokenizer
@@ -65,7 +66,6 @@ RUNTIME_KEYS = frozenset(
         "model_max_length",
     }
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ Parameters are grouped by name: the vision tower (``vision_tower``), the project
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -121,8 +120,3 @@ def apply_stage(model: nn.Module, stage: str, lora: bool = False) -> dict[str, i
             f"stage '{stage}' found no trainable parameters in the model (groups {sorted(groups)})"
         )
     return {"trainable": trainable, "frozen": frozen}
-
-
-def named_trainable(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
-    """The parameters that will receive gradient, with their names."""
-    return ((name, p) for name, p in model.named_parameters() if p.requires_grad)

@@ -141,7 +141,9 @@ def test_output_dir_rules(tmp_path):
         prepare_output_dir(tmp_path, config, resume=False, overwrite=False)
     with pytest.raises(ExgraError, match="never replaces files it did not write"):
         prepare_output_dir(tmp_path, config, resume=False, overwrite=True)
-    assert (tmp_path / "notes.txt").read_text() == "mine"  # --overwrite never deletes what a run did not write
+    assert (
+        tmp_path / "notes.txt"
+    ).read_text() == "mine"  # --overwrite never deletes what a run did not write
 
 
 def test_shipped_recipes_load_by_name(tmp_path, monkeypatch):
