@@ -34,6 +34,7 @@ __all__ = [
     "read_text",
     "sha256_file",
     "staged_output_dir",
+    "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -160,13 +161,18 @@ def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = True) ->
     With ``overwrite=False`` an existing ``path`` is refused. The temporary file is removed when
     anything (an error, Ctrl-C) interrupts the write, and the previous ``path`` is kept intact.
     """
+    return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = True) -> Path:
+    """:func:`write_text_atomic` for bytes (images, archives)."""
     path = check_output_file(path, overwrite)
     make_parent_dirs(path)
     with os_errors(f"write {path}"):
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             # mkstemp creates 0600 files; outputs are ordinary files the user's group may read.
