@@ -57,7 +57,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of ``path``; ``what`` names the file in errors (``"ground-truth file"``)."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{what} {path} is a folder; give the path of a file")
+        raise DataError(f"{what} {path} is a folder, not a file; give the path of a file")
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
     with os_errors(f"read {what} {path}"):
@@ -80,6 +80,8 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise DataError(
             f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
+    except RecursionError as exc:  # json gives up on very deep nesting with a bare RecursionError
+        raise DataError(f"{what} {path} is nested too deeply to read") from exc
 
 
 def read_jsonl_lines(
@@ -99,6 +101,8 @@ def read_jsonl_lines(
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"line {number} of {what} {path} is not valid JSON ({exc.msg})") from exc
+        except RecursionError as exc:
+            raise DataError(f"line {number} of {what} {path} is nested too deeply to read") from exc
         if not isinstance(row, dict):
             raise DataError(f"line {number} of {what} {path} is not a JSON object")
         if required_key is not None and required_key not in row:

@@ -37,7 +37,6 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +51,7 @@ __all__ = [
     "check_output_folder",
     "check_resume_settings",
     "claim_folder",
+    "compare_settings",
     "describe_path",
     "foreign_entries",
     "read_marker",
@@ -112,7 +112,10 @@ def read_marker(folder: str | Path) -> Marker | None:
 
 
 def write_marker(folder: str | Path, command: str, owned: Iterable[str] | None = None) -> Path:
-    """Write ``folder``'s marker; ``owned`` defaults to the entries now in ``folder`` (a finished build)."""
+    """Write ``folder``'s marker; ``owned`` defaults to the entries now in ``folder`` (a finished build).
+
+    The content is deterministic (no time stamp), so a rebuilt folder is byte-identical.
+    """
     from exgra import __version__
     from exgra.io import write_json_atomic
 
@@ -124,7 +127,6 @@ def write_marker(folder: str | Path, command: str, owned: Iterable[str] | None =
         "command": command,
         "owned": list(owned),
         "exgra_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": "exgra --overwrite replaces only the entries listed in 'owned'",
     }
     return write_json_atomic(folder / MARKER_NAME, marker)
@@ -350,7 +352,18 @@ def check_resume_settings(
     path = Path(path)
     if not path.exists():
         return
-    previous = read_settings(path, hint="pass --overwrite to start over")
+    compare_settings(read_settings(path), current, keys, path, hint)
+
+
+def compare_settings(
+    previous: Mapping[str, Any],
+    current: Mapping[str, Any],
+    keys: Iterable[str] | None,
+    source: str | Path,
+    hint: str = "rerun with the same settings, or pass --overwrite to start over",
+) -> None:
+    """Refuse when a setting in ``keys`` (default: every key of ``current``) differs between the run
+    recorded in ``source`` (``previous``) and this one; name each with its old and new value."""
     current = json.loads(json.dumps(dict(current), default=str))  # compare as stored (paths, tuples)
     names = list(keys) if keys is not None else list(current)
     changed = [name for name in names if previous.get(name) != current.get(name)]
@@ -358,7 +371,7 @@ def check_resume_settings(
         details = "; ".join(
             f"{name} was {_shown(previous.get(name))}, now {_shown(current.get(name))}" for name in changed
         )
-        raise ExgraError(f"cannot resume the run recorded in {path}: {details}; {hint}")
+        raise ExgraError(f"cannot resume the run recorded in {source}: {details}; {hint}")
 
 
 def write_settings(path: str | Path, settings: Mapping[str, Any]) -> Path:

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import typer
 
+from exgra.cli.options import Device, Dtype, Template
+
 
 def ask(
     question: str = typer.Argument(..., help="The question to ask about the image."),
     model: Path = typer.Option(..., "--model", help="Directory of a saved exgra model."),
     image: Path = typer.Option(..., "--image", help="Image file (PNG, JPEG, ...)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer in tokens."),
-    template: str | None = typer.Option(None, "--template", help="legacy or chat (default: the model's)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    template: Template = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
     raw: bool = typer.Option(False, "--raw", help="Print the text as generated (role prefix kept)."),
 ) -> None:
     """Ask a model one question about one image (greedy decoding). Research use only."""

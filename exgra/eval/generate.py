@@ -70,9 +70,13 @@ def load_inference_model(
 
     Returns the :class:`exgra.models.ModelBundle`; its tokenizer pads on the left.
     """
+    from transformers.utils import logging as hf_logging
+
     from exgra.models import load_model
 
     path = Path(model_dir)
+    if path.exists() and not path.is_dir():
+        raise ExgraError(f"--model {path} is a file, not a folder; give the folder of a saved model")
     if not path.is_dir():
         raise ExgraError(
             f"model directory not found: {path} (save one with ModelBundle.save or exgra convert)"
@@ -80,7 +84,14 @@ def load_inference_model(
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     dtype_name = next(name for name, value in _DTYPES.items() if value == torch_dtype)
-    bundle = load_model(path, dtype=dtype_name)
+    # transformers' "Loading weights" bar on every ask/eval is noise for a model that loads in seconds.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        bundle = load_model(path, dtype=dtype_name)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     bundle.model.to(device=torch_device)
     bundle.model.eval()
     bundle.tokenizer.padding_side = "left"
@@ -262,6 +273,8 @@ def ask_model(
     from exgra.data.records import load_image
 
     path = Path(image_path)
+    if path.is_dir():
+        raise ExgraError(f"--image {path} is a folder, not an image file")
     if not path.is_file():
         raise ExgraError(f"image not found: {path}")
     if not question.strip():

@@ -28,10 +28,11 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
+from exgra.choices import DtypeName, ImageAblation, ScorerName, TemplateName
 from exgra.config import Section
 from exgra.distributed import distributed_state
 from exgra.distributed import end_distributed as _end_distributed
@@ -55,7 +56,19 @@ __all__ = [
 ]
 
 # Settings that change the answers: a resumed run must match them, or the file would mix two runs.
-_RESUME_KEYS = ("model", "data", "template", "generation", "image_ablation", "dataset")
+# Every setting that changes an answer; a resumed run must match the recorded one in all of them.
+_RESUME_KEYS = (
+    "model",
+    "data",
+    "images",
+    "dataset",
+    "template",
+    "generation",
+    "image_ablation",
+    "dtype",
+    "device",
+    "batch_size",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,16 +88,16 @@ class VQAEvalConfig(Section):
     )
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(128, ge=1, description="the reference used 1024; VQA answers are short")
-    template: Literal["legacy", "chat"] | None = Field(None, description="default: the model's own template")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    template: TemplateName | None = Field(None, description="default: the model's own template")
+    dtype: DtypeName = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (with accelerate: each process's GPU)")
-    image_ablation: Literal["none", "blank", "noise"] = "none"
+    image_ablation: ImageAblation = "none"
     seed: int = 2802
     limit: int | None = Field(None, ge=1, description="answer only the first N questions (smoke tests)")
     overwrite: bool = False
     resume: bool = False
     score: bool = True
-    scorer: Literal["legacy", "llava-med", "llava-med-pre35", "strict"] = "legacy"
+    scorer: ScorerName = "legacy"
     candidates: Path | None = Field(None, description="candidate.json for the legacy open-accuracy metric")
     progress: bool = True
 
@@ -117,14 +130,26 @@ def sidecar_path(output: Path, suffix: str) -> Path:
 
 
 def _check_inputs(config: VQAEvalConfig) -> None:
-    if not config.model.is_dir():
-        raise ExgraError(f"model directory not found: {config.model}")
-    if not config.data.is_file():
-        raise DataError(f"test JSON not found: {config.data}")
-    if not config.images.is_dir():
-        raise DataError(f"image folder not found: {config.images}")
+    from exgra.outputs import check_not_inputs, describe_path
+
+    for option, path, kind, missing in (
+        ("--model", config.model, "folder", "model directory not found"),
+        ("--data", config.data, "file", "test JSON not found"),
+        ("--images", config.images, "folder", "image folder not found"),
+    ):
+        if not (path.is_dir() if kind == "folder" else path.is_file()):
+            found = describe_path(path)
+            if found == "nothing":
+                raise DataError(f"{missing}: {path}")
+            raise DataError(f"{option} {path} is {found}, not a {kind}")
     if config.output.exists() and config.output.is_dir():
-        raise ExgraError(f"--output must be a file path, but {config.output} is a directory")
+        raise ExgraError(f"--output must be a file path, but {config.output} is a folder")
+    outputs = {
+        "--output": config.output,
+        "the run settings": sidecar_path(config.output, "run.json"),
+        "the metrics": sidecar_path(config.output, "metrics.json"),
+    }
+    check_not_inputs(outputs, {"--data": config.data, "--candidates": config.candidates})
 
 
 def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +167,9 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
         "template": template,
         "generation": settings,
         "image_ablation": config.image_ablation,
+        "dtype": config.dtype,
+        "device": config.device,
+        "batch_size": config.batch_size,
         "answer_text": "template.clean_answer(raw): stop string cut, assistant role prefix removed; "
         "metadata.raw_text keeps the reference's text when it differs",
         "torch": torch.__version__,
@@ -151,18 +179,11 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
 
 
 def _check_resumable(info_path: Path, info: dict[str, Any]) -> None:
-    if not info_path.exists():
-        return
-    try:
-        previous = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return
-    changed = [key for key in _RESUME_KEYS if key in previous and previous[key] != info.get(key)]
-    if changed:
-        raise ExgraError(
-            f"cannot resume: {', '.join(changed)} differ from the run recorded in {info_path}; "
-            "pass --overwrite to start over"
-        )
+    """The resume rule (:mod:`exgra.outputs`): every answer-changing setting must match, by name; an
+    unreadable run file is refused (it cannot prove the answers were made the same way)."""
+    from exgra.outputs import check_resume_settings
+
+    check_resume_settings(info_path, info, _RESUME_KEYS)
 
 
 def _prepare_output(config: VQAEvalConfig, shards: AnswerShards, rank: int) -> bool:
