@@ -129,10 +129,12 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
     return removed
 
 
-def _disk_message(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "the disk is full"
-    return exc.strerror or str(exc)
+def _disk_message(exc: BaseException) -> str:
+    """The reason of a failed write in words; exgra's writers wrap the OSError (its ``__cause__``)."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(cause, OSError):
+        return "the disk is full" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+    return str(exc)
 
 
 def save_checkpoint(
@@ -160,7 +162,7 @@ def save_checkpoint(
             dump_config(config, tmp / CONFIG_FILE)
             final = finalize_checkpoint(tmp)
             prune_checkpoints(output_dir, keep_last)
-    except OSError as exc:
+    except (OSError, ExgraError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(output_dir)
         kept = f"the last complete checkpoint is {previous}" if previous else "no checkpoint was written yet"
@@ -237,7 +239,7 @@ def save_model_dir(module: Any, bundle: Any, directory: Path) -> None:
         if module.alignment is not None:
             tensors = {k: v.detach().cpu().contiguous() for k, v in module.alignment.state_dict().items()}
             save_file(tensors, str(tmp / "alignment.safetensors"))
-    except OSError as exc:
+    except (OSError, ExgraError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExgraError(f"cannot write the model {directory}: {_disk_message(exc)}") from exc
     finally:

@@ -154,19 +154,40 @@ def test_every_image_path_is_checked_before_the_first_step(tmp_path, pretrain_da
     assert "outside the image folder" in {b["id"]: b["reason"] for b in result.bad_records}["r30"]
 
 
-def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_cleans_up(
-    tmp_path, pretrain_data, monkeypatch
-):
-    import exgra.training.checkpoint as checkpoint
+def _full_disk_in_exgras_writer(monkeypatch):
+    """Our own atomic writer (trainer_state.json, config.yaml) hits ENOSPC in the step-2 checkpoint."""
+    import tempfile
 
-    original = checkpoint.save_trainer_state
+    original = tempfile.mkstemp
 
-    def full_disk_at_step_2(state, directory):
-        if state.step == 2:
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and ".tmp-step-000002" in str(dir):
             raise OSError(errno.ENOSPC, "No space left on device")
-        original(state, directory)
+        return original(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_trainer_state", full_disk_at_step_2)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def _full_disk_in_accelerate(monkeypatch):
+    """accelerate's weight/optimizer writer runs out of space half-way through the step-2 checkpoint."""
+    from accelerate import Accelerator
+
+    original = Accelerator.save_state
+
+    def save_state(self, output_dir=None, **kwargs):
+        if output_dir is not None and output_dir.endswith(".tmp-step-000002"):
+            (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+
+
+@pytest.mark.parametrize("writer", [_full_disk_in_exgras_writer, _full_disk_in_accelerate])
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_cleans_up(
+    writer, tmp_path, pretrain_data, monkeypatch
+):
+    writer(monkeypatch)
     config = tiny_config("stage1", pretrain_data, "train.max_steps=3", "train.save_every=1")
     with pytest.raises(ExgraError) as caught:
         run_training(config, output_dir=tmp_path / "run", show_progress=False)
