@@ -20,7 +20,9 @@ import pytest
 from PIL import Image
 
 from tests.bad_files import png_declaring
-from tests.eval.test_generate import _one_thread, save_tiny_model  # noqa: F401
+from tests.eval.helpers import save_tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEAD_ENDPOINT = "http://127.0.0.1:9/v1"  # the discard port: nothing listens, every request fails
 
