@@ -57,7 +57,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of ``path``; ``what`` names the file in errors (``"ground-truth file"``)."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{what} {path} is a folder, not a file; give the path of a file")
+        raise DataError(f"{what} {path} is a folder; give the path of a file")
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
     with os_errors(f"read {what} {path}"):

@@ -20,9 +20,6 @@ import pytest
 from PIL import Image
 
 from tests.bad_files import png_declaring
-from tests.eval.helpers import save_tiny_model
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEAD_ENDPOINT = "http://127.0.0.1:9/v1"  # the discard port: nothing listens, every request fails
 
@@ -49,7 +46,15 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("bad-input") / "tiny")
+    """A random ``tiny`` model saved once (only for the cases that need real weights on disk)."""
+    import torch
+
+    from exgra.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bad-input") / "tiny"
+    create_model("tiny").save(path)
+    return path
 
 
 @pytest.fixture
