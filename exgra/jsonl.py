@@ -220,6 +220,10 @@ class AnswerShards:
     def part_paths(self) -> list[Path]:
         return sorted(self.output.parent.glob(f"{self.output.name}.part-*"))
 
+    def has_unfinished_run(self) -> bool:
+        """Part files are left: a run was killed (or is running) before its merge."""
+        return bool(self.part_paths())
+
     def load_done(self, include_output: bool = True) -> dict[str, dict[str, Any]]:
         """Records already written (output first, then parts), keyed by ``str(item id)``."""
         done: dict[str, dict[str, Any]] = {}
