@@ -29,6 +29,7 @@ from exgra.llm import Credentials, LLMClient, LLMSettings, LLMStats, ReplyError,
 from exgra.outputs import check_distinct_outputs, check_not_inputs, check_resume_settings, write_settings
 from exgra.progress import make_progress
 from exgra.prompts import load_prompt
+from exgra.vocabulary import strip_image_placeholder
 
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
 _SCORES = re.compile(r"^\s*\**\s*(\d+(?:\.\d+)?)\s*(?:[,/]|\s)\s*(\d+(?:\.\d+)?)\s*\**\s*$")
@@ -91,8 +92,7 @@ def match_answers(
 
 def question_text(question: dict[str, Any]) -> str:
     # the reference cuts a fixed 8 characters (the image placeholder); remove the placeholder itself
-    text = str(question.get("text", ""))
-    return re.sub(r"\s*<image>\s*$", "", text).strip()
+    return strip_image_placeholder(str(question.get("text", "")))
 
 
 def build_judge_messages(
