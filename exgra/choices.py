@@ -13,6 +13,7 @@ __all__ = [
     "DtypeName",
     "ImageAblation",
     "OnFailure",
+    "PromptTokenization",
     "ScorerName",
     "TemplateName",
     "WeightsDtype",
@@ -22,7 +23,8 @@ __all__ = [
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 WeightsDtype = Literal["float32", "bfloat16", "float16"]  # a stored checkpoint's dtype (no "auto")
-TemplateName = Literal["legacy", "chat"]
+TemplateName = Literal["legacy", "chat", "mistral_instruct"]
+PromptTokenization = Literal["fast", "slow"]  # the reference's eval tokenizer, or its training-time one
 ScorerName = Literal["legacy", "strict", "llava-med", "llava-med-pre35"]
 OnFailure = Literal["skip", "keep-original"]
 ZeroShotMethod = Literal["likelihood", "legacy"]

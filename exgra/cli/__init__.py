@@ -55,6 +55,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval",
     "score",
     "ask",
+    "serve",
     "prepare",
     "extend_captions",
     "download",

@@ -20,7 +20,12 @@ OVERWRITE_HELP = "Replace an earlier exgra output of this command (never files e
 
 ModelDir = Annotated[Path, typer.Option("--model", help="Directory of a saved exgra model.")]
 Images = Annotated[Path, typer.Option("--images", help="Folder the records' image paths are relative to.")]
-Dtype = Annotated[DtypeName, typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on GPU) or a dtype.")]
+Dtype = Annotated[
+    DtypeName,
+    typer.Option(
+        "--dtype", help="auto (fp32 CPU; GPU: fp16 under legacy like the reference, else bf16) or a dtype."
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Template = Annotated[
     TemplateName | None, typer.Option("--template", help="Conversation template (default: the model's own).")

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import Field
 
-from exgra.choices import DtypeName, ImageAblation, ScorerName, TemplateName
+from exgra.choices import DtypeName, ImageAblation, PromptTokenization, ScorerName, TemplateName
 from exgra.config import Section
 from exgra.distributed import distributed_state
 from exgra.distributed import end_distributed as _end_distributed
@@ -87,10 +87,15 @@ class VQAEvalConfig(Section):
         "vqa", description="dataset name recorded in the outputs (vqa-rad, slake, pathvqa, vqa)"
     )
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(128, ge=1, description="the reference used 1024; VQA answers are short")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="default: 1024 (the reference's) under legacy/mistral_instruct, else 128"
+    )
     template: TemplateName | None = Field(None, description="default: the model's own template")
     dtype: DtypeName = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (with accelerate: each process's GPU)")
+    prompt_tokenization: PromptTokenization = Field(
+        "fast", description="fast = the reference's eval tokenizer; slow = its training-time tokenisation"
+    )
     image_ablation: ImageAblation = "none"
     seed: int = 2802
     limit: int | None = Field(None, ge=1, description="answer only the first N questions (smoke tests)")
@@ -178,6 +183,22 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
     }
 
 
+def _model_settings(generator: Any) -> dict[str, Any]:
+    """How the model turned inputs into answers: recorded so two runs can be compared setting by setting."""
+    bundle = generator.bundle
+    processor = bundle.image_processor
+    return {
+        "dtype": str(generator.dtype).removeprefix("torch."),
+        "eos_token_id": generator.eos_token_id,
+        "pad_token_id": bundle.tokenizer.pad_token_id,
+        "stop_strings": list(generator.stop_strings),
+        "image_conversion": getattr(processor, "conversion", None),
+        "image_aspect_ratio": getattr(processor, "aspect_ratio", None),
+        # The reference's eval loaded AutoTokenizer with its default (fast); so does exgra at eval.
+        "tokenizer": type(bundle.tokenizer).__name__ + (" (fast)" if bundle.tokenizer.is_fast else " (slow)"),
+    }
+
+
 def _check_resumable(info_path: Path, info: dict[str, Any]) -> None:
     """The resume rule (:mod:`exgra.outputs`): every answer-changing setting must match, by name; an
     unreadable run file is refused (it cannot prove the answers were made the same way)."""
@@ -259,9 +280,15 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
     device = state_device if (state_device is not None and config.device == "auto") else config.device
     bundle = load_inference_model(config.model, device=device, dtype=config.dtype)
-    settings = GenerationSettings(max_new_tokens=config.max_new_tokens, seed=config.seed)
+    from exgra.data.templates import REFERENCE_TEMPLATES
+
+    template_name = config.template or bundle.template
+    max_new_tokens = config.max_new_tokens or (1024 if template_name in REFERENCE_TEMPLATES else 128)
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, seed=config.seed, prompt_tokenization=config.prompt_tokenization
+    )
     generator = AnswerGenerator(bundle, template=config.template, settings=settings)
-    info = _run_info(config, generator.template_name, settings.to_dict())
+    info = _run_info(config, generator.template_name, {**settings.to_dict(), **_model_settings(generator)})
     info_path = sidecar_path(config.output, "run.json")
     if reuse:
         _check_resumable(info_path, info)
@@ -281,7 +308,9 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
     def load_batch(batch: list[Any]) -> Any:
         images = [
-            ablate_image(load_image(config.images, r.image), config.image_ablation, _key(r.id), config.seed)
+            ablate_image(
+                load_image(config.images, r.image, None), config.image_ablation, _key(r.id), config.seed
+            )
             for r in batch
         ]
         return generator.preprocess(images)

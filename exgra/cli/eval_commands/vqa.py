@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from exgra.choices import ImageAblation, ScorerName
+from exgra.choices import ImageAblation, PromptTokenization, ScorerName
 from exgra.cli.options import Device, Dtype, Images, Limit, ModelDir, Overwrite, Template
 
 DATASETS = {
@@ -46,8 +46,13 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             int, typer.Option("--batch-size", min=1, help="Questions per generate call.")
         ] = 16,
         max_new_tokens: Annotated[
-            int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")
-        ] = 128,
+            int | None,
+            typer.Option(
+                "--max-new-tokens",
+                min=1,
+                help="Longest answer in tokens (default: 1024 like the reference under legacy, else 128).",
+            ),
+        ] = None,
         template: Template = None,
         dtype: Dtype = "auto",
         device: Device = "auto",
@@ -55,8 +60,15 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             ImageAblation,
             typer.Option("--image-ablation", help="Blind-image control: none, blank (grey image) or noise."),
         ] = "none",
+        prompt_tokenization: Annotated[
+            PromptTokenization,
+            typer.Option(
+                "--prompt-tokenization",
+                help="fast (the reference's eval tokenizer) or slow (its training-time tokenisation).",
+            ),
+        ] = "fast",
         scorer: Annotated[
-            ScorerName, typer.Option("--scorer", help="How the answers are scored.")
+            ScorerName, typer.Option("--scorer", help="How the answers are scored (see exgra score --help).")
         ] = "legacy",
         candidates: Annotated[
             Path | None, typer.Option("--candidates", help="candidate.json (open accuracy).")
@@ -91,6 +103,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "dtype": dtype,
                 "device": device,
                 "image_ablation": image_ablation,
+                "prompt_tokenization": prompt_tokenization,
                 "scorer": scorer,
                 "candidates": candidates,
                 "score": not no_score,
