@@ -121,6 +121,10 @@ def _explain(exc: ValidationError, model_cls: type[BaseModel], source: str) -> C
             close = difflib.get_close_matches(str(location[-1]), valid, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             lines.append(f"unknown config key '{dotted}'{hint}; valid keys here: {', '.join(valid)}")
+        elif error["type"] == "value_error":
+            # A rule of the section itself (a model validator): its message already says everything.
+            where = f"config key '{dotted}': " if dotted else ""
+            lines.append(where + str(error["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"config key '{dotted}': {error['msg']} (got {error.get('input')!r})")
     return ConfigError(f"invalid configuration in {source}: " + "; ".join(lines))

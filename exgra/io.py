@@ -11,6 +11,7 @@ Ctrl-C never leaves half a file and never destroys the previous one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +32,9 @@ __all__ = [
     "read_jsonl",
     "read_jsonl_lines",
     "read_text",
+    "sha256_file",
     "staged_output_dir",
+    "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -115,6 +118,15 @@ def read_jsonl(path: str | Path, what: str = "file", required_key: str | None = 
     return [row for _, row in read_jsonl_lines(path, what, required_key)]
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _refuse_file_in_the_way(path: Path) -> None:
     # mkdir(parents=True) would fail with a bare FileExistsError; name the file that is in the way.
     for ancestor in path.parents:
@@ -153,13 +165,18 @@ def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = True) ->
     With ``overwrite=False`` an existing ``path`` is refused. The temporary file is removed when
     anything (an error, Ctrl-C) interrupts the write, and the previous ``path`` is kept intact.
     """
+    return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = True) -> Path:
+    """:func:`write_text_atomic` for bytes (images, archives)."""
     path = check_output_file(path, overwrite)
     make_parent_dirs(path)
     with os_errors(f"write {path}"):
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             # mkstemp creates 0600 files; outputs are ordinary files the user's group may read.

@@ -25,6 +25,18 @@ class CliResult:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch intra-op thread: the test machine's 2 cores are shared, and one thread is far faster
+    than two fighting ones."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def run_exgra(capsys, monkeypatch):
     """Run the real ``exgra`` entry point in-process; return exit code, stdout and stderr."""
     from exgra.cli import main

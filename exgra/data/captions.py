@@ -20,12 +20,12 @@ from typing import Any
 
 from pydantic import Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exgra.choices import OnFailure
 from exgra.config import Section
 from exgra.errors import DataError, ExgraError
-from exgra.io import check_output_file, read_json, write_json_atomic
+from exgra.io import check_output_file, read_json, sha256_file, write_json_atomic
+from exgra.jsonl import Journal
 from exgra.llm import (
     Credentials,
     LLMClient,
@@ -35,11 +35,11 @@ from exgra.llm import (
     extract_json_object,
     resolve_credentials,
 )
-from exgra.llm.journal import Journal
 from exgra.outputs import check_not_inputs, compare_settings
+from exgra.progress import make_progress
 from exgra.prompts import load_prompt
+from exgra.vocabulary import CONVERSATION_KEYS
 
-CONVERSATION_KEYS = ("conversations", "conversatons")  # the reference's data has the typo
 JOURNAL_KIND = "exgra-extend-captions"
 
 
@@ -181,14 +181,6 @@ def merge_extended(
     return merged
 
 
-def _input_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # Journal-header settings a resumed run must share with the run that wrote the journal.
 RESUME_KEYS = ("input_sha256", "prompt_sha256", "model")
 
@@ -246,16 +238,7 @@ async def _run(
     console: Console,
 ) -> dict[int, dict[str, Any]]:
     entries: dict[int, dict[str, Any]] = {}
-    progress = Progress(
-        TextColumn("[bold]extend-captions"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not options.show_progress,
-        transient=False,
-    )
+    progress = make_progress(options.show_progress, console, label="extend-captions")
     task = progress.add_task("records", total=len(pending), detail="")
     stats = report.stats
 
@@ -323,7 +306,7 @@ def extend_captions(options: ExtendCaptionsConfig, console: Console | None = Non
         "kind": JOURNAL_KIND,
         "version": 1,
         "input": str(options.input_path),
-        "input_sha256": _input_digest(options.input_path),
+        "input_sha256": sha256_file(options.input_path),
         "prompt_sha256": hashlib.sha256(system_prompt.encode()).hexdigest()[:16],
         "model": options.settings.model,
     }

@@ -15,7 +15,6 @@ is never replaced by another sample.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +34,9 @@ from pydantic import (
 
 from exgra.data.images import load_image, safe_image_path
 from exgra.errors import DataError
-from exgra.io import read_json, write_text_atomic
+from exgra.io import read_json, sha256_file, write_text_atomic
+from exgra.vocabulary import CONVERSATION_KEYS, IMAGE_TOKENS, strip_image_placeholder
+from exgra.vocabulary import IMAGE_PLACEHOLDER as IMAGE_TOKEN
 
 __all__ = [
     "IMAGE_TOKEN",
@@ -59,9 +60,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 YES_NO_SUFFIX = ' (Answer with either "Yes" or "No").'
-_ALIGNMENT_DELETIONS = ("\n", "<im_patch>", "<im_start>", "<im_end>")
+_ALIGNMENT_DELETIONS = ("\n", *IMAGE_TOKENS)
 
 
 class Turn(BaseModel):
@@ -119,7 +119,7 @@ class PretrainRecord(_Record):
         if isinstance(data, Mapping):
             data = dict(data)
             for key in ("conversations", "conversations_long"):
-                typo = key.replace("conversations", "conversatons")
+                typo = key.replace(*CONVERSATION_KEYS)
                 if key not in data and typo in data:
                     data[key] = data.pop(typo)
         return data
@@ -296,7 +296,7 @@ def alignment_text(conversations: Iterable[Turn | Mapping[str, Any]]) -> str:
 
 def vqa_question(record: VQARecord) -> str:
     """The question as asked (options suffix kept), with ``<image>`` removed and whitespace stripped."""
-    return record.conversations[0].value.replace(IMAGE_TOKEN, "").strip()
+    return strip_image_placeholder(record.conversations[0].value)
 
 
 def vqa_answer(record: VQARecord) -> str:
@@ -317,15 +317,6 @@ def closed_question_suffix(options: Sequence[str]) -> str:
     quoted = [f'"{option}"' for option in options]
     listed = quoted[0] if len(quoted) == 2 else ", ".join(quoted[:-1])
     return f" (Answer with either {listed} or {quoted[-1]})."
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_checksums(folder: str | Path, names: Iterable[str], filename: str = "checksums.sha256") -> Path:

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from exgra.errors import ConfigError
+from exgra.vocabulary import (
+    IMAGE_END_TOKEN,
+    IMAGE_PATCH_TOKEN,
+    IMAGE_PLACEHOLDER,
+    IMAGE_START_TOKEN,
+    strip_image_placeholder,
+)
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
@@ -28,10 +35,6 @@ __all__ = [
     "list_templates",
 ]
 
-IMAGE_PLACEHOLDER = "<image>"
-IMAGE_PATCH_TOKEN = "<im_patch>"
-IMAGE_START_TOKEN = "<im_start>"
-IMAGE_END_TOKEN = "<im_end>"
 
 SYSTEM_MESSAGE = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
@@ -130,10 +133,6 @@ class ConversationTemplate:
                 segments.append((f" {value}</s>", True))
         return segments
 
-    def training_text(self, conversations: Sequence[Any], image_tokens: str = "") -> str:
-        """The full training string (the concatenated segments)."""
-        return "".join(text for text, _ in self.training_segments(conversations, image_tokens))
-
     def prompt(self, question: str, image_tokens: str = "") -> str:
         """Generation prompt for one question about one image.
 
@@ -169,7 +168,7 @@ class ConversationTemplate:
         counts = list(images_per_turn) if images_per_turn is not None else None
         pieces = []
         for index, (role, value) in enumerate(parsed):
-            text = value.replace(IMAGE_PLACEHOLDER, "").strip()
+            text = strip_image_placeholder(value)
             if role == "human":
                 count = counts[index] if counts is not None else value.count(IMAGE_PLACEHOLDER)
                 if image_tokens and self.name == "mistral_instruct":

@@ -35,7 +35,7 @@ import yaml
 
 from exgra.demo.settings import ARMS, DemoSettings, fraction_name
 from exgra.errors import ExgraError
-from exgra.io import write_json_atomic
+from exgra.io import write_json_atomic, write_text_atomic
 
 __all__ = ["DemoResult", "PhaseEvent", "default_threads", "run_demo", "run_dir"]
 
@@ -129,11 +129,7 @@ def _write_recipe(path: Path, stage: str, recipe: dict[str, Any]) -> Path:
         f"# {command} --config {path.name} --output-dir {path.with_suffix('').name} --resume\n"
         "# Written by `exgra demo`: the tiny CPU recipe of this phase.\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(header + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, header + yaml.safe_dump(recipe, sort_keys=False))
 
 
 class _Pipeline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ from typing import Any
 
 from exgra.demo.results import SCORE_COLUMNS, GroupSummary, RunScore, collect_scores, summarize
 from exgra.demo.settings import ARM_DESCRIPTIONS, ARMS, DemoSettings, fraction_name
+from exgra.io import write_bytes_atomic, write_text_atomic
 
 __all__ = ["DemoOutputs", "plot_scores", "results_table", "write_outputs", "write_report"]
 
@@ -36,12 +38,6 @@ def _percent(fraction: float) -> str:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def plot_scores(summary: list[GroupSummary], path: str | Path) -> Path | None:
@@ -89,10 +85,10 @@ def plot_scores(summary: list[GroupSummary], path: str | Path) -> Path | None:
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed, no spread"
     figure.suptitle(f"exgra demo: tiny model on CPU, test split, {spread}", fontsize="medium")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    figure.savefig(tmp, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(figure)
-    tmp.replace(path)
+    write_bytes_atomic(path, image.getvalue())
     return path
 
 
@@ -284,7 +280,7 @@ def write_report(
         "",
     ]
     path = output_dir / REPORT_FILE
-    _atomic_write(path, "\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 
@@ -301,6 +297,6 @@ def write_outputs(output_dir: str | Path, settings: DemoSettings, timings: dict[
         "runs": [asdict(score) for score in scores],
         "timings_s": timings,
     }
-    _atomic_write(results_path, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(results_path, json.dumps(payload, indent=2) + "\n")
     report = write_report(output_dir, settings, scores, summary, timings, plot)
     return DemoOutputs(report, plot, results_path, summary)

@@ -20,16 +20,16 @@ from typing import Any
 
 from pydantic import Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from exgra.config import Section
-from exgra.data.records import sha256_file
 from exgra.errors import DataError, ExgraError
-from exgra.io import check_output_file, read_jsonl, write_json_atomic
+from exgra.io import check_output_file, read_jsonl, sha256_file, write_json_atomic
+from exgra.jsonl import Journal
 from exgra.llm import Credentials, LLMClient, LLMSettings, LLMStats, ReplyError, resolve_credentials
-from exgra.llm.journal import Journal
 from exgra.outputs import check_distinct_outputs, check_not_inputs, check_resume_settings, write_settings
+from exgra.progress import make_progress
 from exgra.prompts import load_prompt
+from exgra.vocabulary import strip_image_placeholder
 
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
 _SCORES = re.compile(r"^\s*\**\s*(\d+(?:\.\d+)?)\s*(?:[,/]|\s)\s*(\d+(?:\.\d+)?)\s*\**\s*$")
@@ -92,8 +92,7 @@ def match_answers(
 
 def question_text(question: dict[str, Any]) -> str:
     # the reference cuts a fixed 8 characters (the image placeholder); remove the placeholder itself
-    text = str(question.get("text", ""))
-    return re.sub(r"\s*<image>\s*$", "", text).strip()
+    return strip_image_placeholder(str(question.get("text", "")))
 
 
 def build_judge_messages(
@@ -175,15 +174,7 @@ async def _judge(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     reviews: list[dict[str, Any]] = []
     failed: list[str] = []
-    progress = Progress(
-        TextColumn("[bold]judging"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not options.show_progress,
-    )
+    progress = make_progress(options.show_progress, console, label="judging")
     task = progress.add_task("judge", total=len(pending), detail="")
 
     def refresh(advance: int = 0) -> None:

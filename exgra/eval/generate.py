@@ -27,6 +27,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from exgra.data.templates import REFERENCE_TEMPLATES
 from exgra.errors import ExgraError
+from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
+from exgra.vocabulary import strip_image_placeholder as question_text
 
 __all__ = [
     "AnswerGenerator",
@@ -41,8 +43,6 @@ __all__ = [
     "resolve_dtype",
     "stop_trigger_ids",
 ]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -115,11 +115,6 @@ def _saved_template(path: Path) -> str | None:
     except (OSError, yaml.YAMLError):
         return None
     return saved.get("template") if isinstance(saved, dict) else None
-
-
-def question_text(human_value: str) -> str:
-    """The question of a human turn: the ``<image>`` placeholder removed and whitespace stripped (§7.1)."""
-    return human_value.replace("<image>", "").strip()
 
 
 class _StopOnStrings(StoppingCriteria):

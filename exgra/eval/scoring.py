@@ -42,6 +42,7 @@ from exgra.eval.metrics import (
     token_f1,
 )
 from exgra.io import read_json, read_jsonl_lines, write_json_atomic, write_text_atomic
+from exgra.vocabulary import conversation_value
 
 SCORERS: tuple[str, ...] = choices(ScorerName)
 # Bump a scorer's version whenever its numbers could change.
@@ -257,7 +258,7 @@ def load_ground_truth(path: str | Path) -> list[GroundTruthRecord]:
         if not isinstance(record, dict) or "id" not in record:
             raise DataError(f"Record {index} of {path} is not an object with an 'id'.")
         record_id = record["id"]
-        turns = record.get("conversations", record.get("conversatons"))
+        turns = conversation_value(record)
         if (
             not isinstance(turns, list)
             or len(turns) < 2

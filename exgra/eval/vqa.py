@@ -20,13 +20,11 @@ when the test JSON has answers, ``<stem>.metrics.json`` from :mod:`exgra.eval.sc
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +34,13 @@ from pydantic import Field
 
 from exgra.choices import DtypeName, ImageAblation, PromptTokenization, ScorerName, TemplateName
 from exgra.config import Section
+from exgra.distributed import distributed_state
+from exgra.distributed import end_distributed as _end_distributed
 from exgra.errors import DataError, ExgraError
 from exgra.io import write_text_atomic
+from exgra.jsonl import AnswerShards, append_jsonl, repair_torn_tail
+from exgra.jsonl import read_records as read_jsonl
+from exgra.progress import progress_bar
 
 __all__ = [
     "AnswerShards",
@@ -66,150 +69,6 @@ _RESUME_KEYS = (
     "device",
     "batch_size",
 )
-
-
-# --------------------------------------------------------------------------------------------------
-# JSONL files that survive a kill
-# --------------------------------------------------------------------------------------------------
-
-
-def repair_torn_tail(path: Path) -> int:
-    """Truncate ``path`` after its last newline; return how many bytes of a torn last line were dropped.
-
-    Every line is written with its newline in one call, so text after the last newline is a line that a
-    kill interrupted: it is incomplete by construction and its question is simply answered again.
-    """
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with path.open("rb+") as handle:
-        # Read backwards in blocks until a newline is found (lines are short, usually one block).
-        position = size
-        block = 4096
-        keep = 0
-        while position > 0:
-            start = max(0, position - block)
-            handle.seek(start)
-            chunk = handle.read(position - start)
-            index = chunk.rfind(b"\n")
-            if index >= 0:
-                keep = start + index + 1
-                break
-            position = start
-        if keep < size:
-            handle.truncate(keep)
-        return size - keep
-
-
-def read_jsonl(path: Path, allow_torn_tail: bool = True) -> list[dict[str, Any]]:
-    """Read a JSONL file of objects; a torn last line (no newline, not JSON) is ignored when allowed.
-
-    Any other unreadable line is a :class:`DataError` naming the file and the line number.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    records: list[dict[str, Any]] = []
-    lines = data.split(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        is_tail = number == len(lines)  # text after the last newline
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            if is_tail and allow_torn_tail:
-                continue
-            raise DataError(f"{path} line {number} is not valid JSON: {exc}") from exc
-        if is_tail and allow_torn_tail:
-            # Complete JSON but no newline: the kill hit between the object and its newline; it will be
-            # truncated on the next append, so do not count it as answered either.
-            continue
-        if not isinstance(record, dict):
-            raise DataError(f"{path} line {number} must be a JSON object, found {type(record).__name__}")
-        records.append(record)
-    return records
-
-
-def append_jsonl(handle: Any, records: Iterable[dict[str, Any]]) -> None:
-    """Append records as JSON lines in one write, then flush and fsync (survives a kill or power loss)."""
-    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    if not text:
-        return
-    handle.write(text)
-    handle.flush()
-    with contextlib.suppress(OSError):
-        os.fsync(handle.fileno())
-
-
-def _key(question_id: Any) -> str:
-    return str(question_id)
-
-
-class AnswerShards:
-    """The output file of a run and the per-process part files beside it.
-
-    ``<output>.part-<rank>`` holds what process ``rank`` answered so far; :meth:`merge` turns the output
-    and all parts into one file in question order.
-    """
-
-    def __init__(self, output: str | Path, key_field: str = "question_id") -> None:
-        self.output = Path(output)
-        self.key_field = key_field
-
-    def part_path(self, rank: int) -> Path:
-        return self.output.with_name(f"{self.output.name}.part-{rank}")
-
-    def part_paths(self) -> list[Path]:
-        return sorted(self.output.parent.glob(f"{self.output.name}.part-*"))
-
-    def has_unfinished_run(self) -> bool:
-        return bool(self.part_paths())
-
-    def load_done(self, include_output: bool = True) -> dict[str, dict[str, Any]]:
-        """Records already written (output first, then parts), keyed by ``str(question id)``."""
-        done: dict[str, dict[str, Any]] = {}
-        sources = ([self.output] if include_output and self.output.exists() else []) + self.part_paths()
-        for path in sources:
-            # The merged output is written atomically, so its last line is complete even without a
-            # newline (files from other tools); only part files can end in a torn line.
-            for record in read_jsonl(path, allow_torn_tail=path != self.output):
-                if self.key_field in record:
-                    done.setdefault(_key(record[self.key_field]), record)
-        return done
-
-    @contextlib.contextmanager
-    def open_part(self, rank: int) -> Iterator[Any]:
-        """Open this process's part file for appending, after dropping a torn last line."""
-        path = self.part_path(rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        repair_torn_tail(path)
-        with path.open("a", encoding="utf-8") as handle:
-            yield handle
-
-    def remove_parts(self) -> None:
-        for path in self.part_paths():
-            path.unlink(missing_ok=True)
-
-    def merge(self, order: Sequence[Any], include_output: bool = True) -> int:
-        """Write every known record whose id is in ``order`` to the output in that order; drop parts.
-
-        Returns the number of records written. Records of ids not in ``order`` are dropped only from the
-        merged file (the ids of the test JSON define the answers file).
-        """
-        done = self.load_done(include_output=include_output)
-        lines = [
-            json.dumps(done[_key(question_id)], ensure_ascii=False) + "\n"
-            for question_id in order
-            if _key(question_id) in done
-        ]
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.output, "".join(lines))
-        self.remove_parts()
-        return len(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,39 +124,14 @@ class VQAEvalResult:
     num_processes: int = 1
 
 
+def _key(question_id: Any) -> str:
+    return str(question_id)
+
+
 def sidecar_path(output: Path, suffix: str) -> Path:
     """``answers.jsonl`` -> ``answers.<suffix>`` (run info, metrics) in the same folder."""
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return output.with_name(f"{stem}.{suffix}")
-
-
-def distributed_state() -> tuple[int, int, Callable[[], None], Any]:
-    """(rank, world size, barrier, device) from accelerate when launched with it; one process otherwise.
-
-    ``accelerate launch`` and ``torchrun`` set ``WORLD_SIZE``; without a GPU the processes talk over
-    gloo (accelerate's MULTI_CPU), so the same command shards on a CPU machine too.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, lambda: None, None
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes != world:
-        raise ExgraError(
-            f"WORLD_SIZE is {world} but accelerate set up {state.num_processes} process(es); "
-            "launch with `accelerate launch -m exgra ...` or `torchrun ... -m exgra ...`"
-        )
-    return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-
-
-def _end_distributed(world: int, created: bool) -> None:
-    """Tear down a process group this run created (a group left open can abort the interpreter's exit)."""
-    import torch.distributed as dist
-
-    if world > 1 and created and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _check_inputs(config: VQAEvalConfig) -> None:
@@ -551,21 +385,3 @@ def _score(config: VQAEvalConfig, info: dict[str, Any]) -> tuple[dict[str, Any],
     payload = {**report.to_dict(), "run": info}
     write_text_atomic(metrics_path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     return report.metrics, metrics_path
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda _count: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda count: progress.advance(task, count)

@@ -34,6 +34,7 @@ from exgra.choices import WeightsDtype
 from exgra.config import Section
 from exgra.errors import ExgraError
 from exgra.models.config import ModelConfig
+from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaForConditionalGeneration
 from exgra.models.registry import finish_bundle, hub_errors, llava_config_for
@@ -42,7 +43,6 @@ from exgra.outputs import check_output_folder, write_marker
 
 __all__ = ["ConversionResult", "convert_legacy_checkpoint", "legacy_weight_name"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tensors a legacy checkpoint may hold that the converted model does not use.
 _IGNORED_PREFIXES = ("model.message_pass_node_features.", "model.vision_tower.", "model.vision_tower_")
 

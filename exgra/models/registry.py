@@ -46,6 +46,7 @@ from exgra.data.templates import (
 from exgra.errors import ConfigError, ExgraError
 from exgra.io import staged_output_dir
 from exgra.models.config import ModelConfig
+from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaConfig, ExgraLlavaForConditionalGeneration, VisionProjector
 from exgra.models.tokenizer import (
@@ -82,7 +83,6 @@ RUNTIME_KEYS = frozenset(
         "image_aspect_ratio",
     }
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPES = _DTYPES
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from exgra.vocabulary import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKENS
+
 __all__ = [
     "BOS_TOKEN",
     "EOS_TOKEN",
@@ -34,10 +36,6 @@ BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 UNK_TOKEN = "<unk>"
 PAD_TOKEN = "[PAD]"
-IMAGE_PATCH_TOKEN = "<im_patch>"
-IMAGE_START_TOKEN = "<im_start>"
-IMAGE_END_TOKEN = "<im_end>"
-IMAGE_TOKENS = (IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN)
 
 _SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "

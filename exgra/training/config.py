@@ -2,8 +2,9 @@
 
 One :class:`TrainConfig` composes the sections of every area it touches: ``model`` (what to start
 from), ``data``, ``alignment`` (the multi-graph loss and how the step feeds it), ``train`` (the
-optimisation), ``log``. Stage presets (:data:`STAGE_DEFAULTS`) sit under the YAML file, so a recipe
-only states what differs from its stage.
+optimisation), ``log``. Stage presets (:data:`exgra.training.stages.STAGE_PRESETS`) sit under the
+YAML file, so a recipe only states what differs from its stage. Rules that tie fields together are the
+config's own validators, so a library caller gets the same one-line error as the command line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,6 +20,7 @@ from exgra.alignment.config import AlignmentConfig
 from exgra.config import Section, merge_dicts
 from exgra.errors import ConfigError, ExgraError
 from exgra.models.config import ModelConfig
+from exgra.training.stages import STAGE_PRESETS, Stage, stage_preset
 
 __all__ = [
     "STAGE_DEFAULTS",
@@ -80,21 +82,31 @@ class LoraSection(Section):
     )
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class TrainSection(Section):
     """Optimisation, checkpointing and model selection."""
 
-    stage: Literal["stage1", "stage2", "finetune"] = "stage2"
+    stage: Stage = "stage2"
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
     per_device_batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-5, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    lr: float = Field(2e-5, gt=0.0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    adam_betas: tuple[Beta, Beta] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0.0, allow_inf_nan=False)
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null turns it off.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="Gradient clipping; null turns it off."
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A step whose loss or gradient is NaN/inf: stop the run (nothing broken is saved) "
+        "or skip that optimizer step.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False
     seed: int = 42
@@ -140,23 +152,34 @@ class TrainConfig(Section):
             )
         if self.train.stage == "stage1" and self.train.lora.enabled:
             raise ValueError("stage 1 trains only the projector; LoRA applies to stage2 and finetune")
+        if (
+            self.alignment.enabled
+            and self.alignment.graph_scope == "local"
+            and self.train.per_device_batch_size < 2
+        ):
+            # A graph over one node has no edges and one possible matching: the loss is exactly 0.
+            raise ValueError(
+                "the alignment loss matches graphs over each micro-batch, and a graph over one node "
+                "cannot be matched (align_loss would be 0 at every step): set "
+                "train.per_device_batch_size to 2 or more (grad_accum does not help), or "
+                "alignment.graph_scope=global to build graphs over the batch of all processes"
+            )
         return self
 
+    def require_data(self) -> None:
+        """What a run needs beyond a valid config: records to train (and validate) on."""
+        if not self.data.train_json or not self.data.image_folder:
+            raise ConfigError(
+                "data.train_json and data.image_folder must be set (in the YAML or as key=value)"
+            )
+        if self.train.stage == "finetune" and self.train.eval_every and not self.data.val_json:
+            raise ConfigError("train.eval_every needs data.val_json (the validation split)")
 
-# Presets under every recipe: REFERENCE §3.2 values that are specific to a stage.
+
+# Presets under every recipe, from the one table of stages.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "stage1": {
-        "alignment": {"enabled": False},
-        "train": {"stage": "stage1", "lr": 2e-3, "epochs": 1, "per_device_batch_size": 16, "grad_accum": 2},
-    },
-    "stage2": {
-        "alignment": {"enabled": True, "alpha": 1.0},
-        "train": {"stage": "stage2", "lr": 2e-5, "epochs": 3, "per_device_batch_size": 16},
-    },
-    "finetune": {
-        "alignment": {"enabled": False},
-        "train": {"stage": "finetune", "lr": 2e-5, "epochs": 15, "per_device_batch_size": 32, "seed": 2802},
-    },
+    name: {"alignment": dict(preset.alignment), "train": {"stage": name, **preset.train}}
+    for name, preset in STAGE_PRESETS.items()
 }
 
 
@@ -195,8 +218,7 @@ def load_train_config(
     """
     from exgra.config import parse_overrides, read_yaml, validate_config
 
-    if stage not in STAGE_DEFAULTS:
-        raise ConfigError(f"unknown stage '{stage}'; choose one of {', '.join(STAGE_DEFAULTS)}")
+    stage_preset(stage)
     data: dict[str, Any] = json.loads(json.dumps(STAGE_DEFAULTS[stage]))
     sources = ["defaults"]
     user: dict[str, Any] = {}
@@ -210,7 +232,7 @@ def load_train_config(
         sources.append("overrides " + " ".join(overrides))
     wanted = (user.get("train") or {}).get("stage") if isinstance(user.get("train"), dict) else None
     if wanted and wanted != stage:
-        command = "exgra finetune" if wanted == "finetune" else f"exgra train {wanted}"
+        command = STAGE_PRESETS[wanted].command if wanted in STAGE_PRESETS else f"exgra train {wanted}"
         raise ConfigError(f"{path or 'the config'} is a {wanted} recipe; run it with `{command}`")
     data = merge_dicts(data, user)
     if output_dir is not None:

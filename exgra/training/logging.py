@@ -1,4 +1,4 @@
-"""Progress and metrics: a rich progress bar, a JSONL metrics log, optional TensorBoard / W&B.
+"""Metrics: a JSONL metrics log and optional TensorBoard / W&B (the progress bar is :mod:`exgra.progress`).
 
 Trackers are used only when ``log.report_to`` asks for them, and never prompt: W&B without an API
 key in the environment runs in offline mode.
@@ -7,67 +7,40 @@ key in the environment runs in offline mode.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from exgra.errors import ConfigError
+from exgra.jsonl import JsonlWriter, read_records, truncate_records
 
-__all__ = ["MetricsLog", "make_progress", "prepare_tracker_environment", "tracker_name"]
+__all__ = ["MetricsLog", "prepare_tracker_environment", "read_metrics", "tracker_name"]
 
 
 class MetricsLog:
-    """Append-only JSONL metrics file (one object per logged step), flushed on every write."""
+    """Append-only JSONL metrics file (one object per logged step) through :mod:`exgra.jsonl`."""
 
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(clean) + "\n")
+        # Opened per line: a log line is rare next to a training step, and a kill never holds it open.
+        with JsonlWriter(self.path, fsync="never").open() as writer:
+            writer.append(clean)
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records of steps after ``step`` (logged before a kill, trained again on resume)."""
+        return truncate_records(self.path, lambda record: int(record.get("step", 0)) <= step)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All records of a JSONL metrics log."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def make_progress(enabled: bool, console: Console | None = None) -> Progress:
-    """Progress bar with loss, lm_loss, align_loss, learning rate, speed and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "loss {task.fields[loss]} lm {task.fields[lm_loss]} align {task.fields[align_loss]} "
-            "lr {task.fields[lr]} {task.fields[speed]}"
-        ),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
+    return read_records(path)
 
 
 def tracker_name(report_to: str) -> str | None:

@@ -14,20 +14,74 @@ Parameters are grouped by name by the model family
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Literal
-
-from torch import nn
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from exgra.errors import ConfigError
 
-Stage = Literal["stage1", "stage2", "finetune"]
-STAGES: tuple[str, ...] = ("stage1", "stage2", "finetune")
+if TYPE_CHECKING:
+    from torch import nn
 
-__all__ = ["STAGES", "Stage", "apply_stage", "parameter_group", "trainable_groups"]
+Stage = Literal["stage1", "stage2", "finetune"]
+
+__all__ = [
+    "STAGES",
+    "STAGE_PRESETS",
+    "Stage",
+    "StagePreset",
+    "apply_stage",
+    "parameter_group",
+    "trainable_groups",
+]
 
 _VISION_MARKERS = ("vision_tower",)
 _PROJECTOR_MARKERS = ("multi_modal_projector", "mm_projector", "projector")
+
+
+@dataclass(frozen=True)
+class StagePreset:
+    """One stage: what it trains, what it reads and the config values under every recipe of it."""
+
+    trains: frozenset[str]  # parameter groups; with LoRA "llm" is trained through its adapters ("lora")
+    records: Literal["pretrain", "vqa"]  # which record schema the training JSON holds
+    command: str  # the command that runs it
+    alignment: dict[str, Any] = field(default_factory=dict)  # preset of the ``alignment`` section
+    train: dict[str, Any] = field(default_factory=dict)  # preset of the ``train`` section (REFERENCE §3.2)
+
+
+# The one table of stages. ``alignment.enabled`` is the stage-2 objective; the train presets are the
+# reference's per-stage values.
+STAGE_PRESETS: dict[str, StagePreset] = {
+    "stage1": StagePreset(
+        trains=frozenset({"projector"}),
+        records="pretrain",
+        command="exgra train stage1",
+        alignment={"enabled": False},
+        train={"lr": 2e-3, "epochs": 1, "per_device_batch_size": 16, "grad_accum": 2},
+    ),
+    "stage2": StagePreset(
+        trains=frozenset({"projector", "llm"}),
+        records="pretrain",
+        command="exgra train stage2",
+        alignment={"enabled": True, "alpha": 1.0},
+        train={"lr": 2e-5, "epochs": 3, "per_device_batch_size": 16},
+    ),
+    "finetune": StagePreset(
+        trains=frozenset({"projector", "llm"}),
+        records="vqa",
+        command="exgra finetune",
+        alignment={"enabled": False},
+        train={"lr": 2e-5, "epochs": 15, "per_device_batch_size": 32, "seed": 2802},
+    ),
+}
+STAGES: tuple[str, ...] = tuple(STAGE_PRESETS)
+
+
+def stage_preset(stage: str) -> StagePreset:
+    if stage not in STAGE_PRESETS:
+        raise ConfigError(f"unknown training stage '{stage}'; choose one of {', '.join(STAGES)}")
+    return STAGE_PRESETS[stage]
 
 
 def parameter_group(name: str) -> str:
@@ -43,12 +97,10 @@ def parameter_group(name: str) -> str:
 
 def trainable_groups(stage: str, lora: bool = False) -> set[str]:
     """The parameter groups a stage trains; with LoRA the LLM is trained through its adapters only."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown training stage '{stage}'; choose one of {', '.join(STAGES)}")
-    if stage == "stage1":
-        return {"projector"}
-    llm = {"lora"} if lora else {"llm"}
-    return {"projector", *llm}
+    groups = set(stage_preset(stage).trains)
+    if lora and "llm" in groups:
+        groups = (groups - {"llm"}) | {"lora"}
+    return groups
 
 
 def apply_stage(
@@ -75,8 +127,3 @@ def apply_stage(
             f"stage '{stage}' found no trainable parameters in the model (groups {sorted(groups)})"
         )
     return {"trainable": trainable, "frozen": frozen}
-
-
-def named_trainable(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
-    """The parameters that will receive gradient, with their names."""
-    return ((name, p) for name, p in model.named_parameters() if p.requires_grad)

@@ -1,4 +1,8 @@
-"""One training step's losses: ``{"loss", "lm_loss", "align_loss"}`` (REFERENCE §2.1, §2.9, §2.11).
+"""One training step's losses and diagnostics (REFERENCE §2.1, §2.9, §2.11).
+
+:class:`TrainingModule` returns a dict: ``loss`` (the tensor to back-propagate), every ``*_loss``
+(tensors) and the alignment module's diagnostics (floats, prefixed ``align_``). The loop logs whatever
+arrives, so a new loss or diagnostic needs no change in the loop or the logger.
 
 The image features are computed once (the model family's ``lm_forward``) and reused twice: fed to the
 LM pass and mean-pooled per image as the image node features. The
@@ -102,8 +106,9 @@ class TrainingModule(nn.Module):
         self.pack_text_passes = pack_text_passes
         self.pad_token_id = pad_token_id
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Losses of one micro-batch: ``loss`` = ``lm_loss`` + alpha * ``align_loss`` (scalars)."""
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Losses of one micro-batch: ``loss`` = ``lm_loss`` + alpha * ``align_loss`` (scalar tensors),
+        plus ``align_<name>`` floats for each alignment diagnostic (matching accuracy, Hamming, ...)."""
         model = self.model
         # The image features are computed once: they feed the LM pass and, pooled per image, the graphs.
         lm_loss, image = self.family.lm_forward(model, batch)  # scalar, [B, D]
@@ -131,4 +136,7 @@ class TrainingModule(nn.Module):
         align_loss = aligned.loss.to(lm_loss.dtype)
         losses["align_loss"] = align_loss
         losses["loss"] = lm_loss + self.alpha * align_loss
+        for name, value in aligned.diagnostics.items():
+            if name != "loss":  # already there as align_loss
+                losses[f"align_{name}"] = value
         return losses

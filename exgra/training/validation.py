@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from exgra.errors import DataError
+from exgra.io import write_json_atomic, write_text_atomic
+from exgra.training.checkpoint import exportable_module, save_model_dir
 
 __all__ = ["Validator", "selection_metrics"]
 
@@ -84,12 +86,8 @@ class Validator:
             metrics = score_items([ScoreItem(*item) for item in items], scorer="legacy")
             scores[0] = selection_metrics(metrics)
             path = self.output_dir / "validation" / f"step-{step:06d}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lines = [
-                json.dumps({"id": i[4], "prediction": i[0], "answer": i[1], "answer_type": i[2]})
-                for i in items
-            ]
-            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            rows = [{"id": i[4], "prediction": i[0], "answer": i[1], "answer_type": i[2]} for i in items]
+            write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
         if self.accelerator.num_processes > 1:
             broadcast_object_list(scores, from_process=0)
         return scores[0]
@@ -98,12 +96,10 @@ class Validator:
         self._module = module
 
     def save_best(self, module: Any, step: int, scores: dict[str, float]) -> None:
-        from exgra.training.loop import exportable_module, save_model_dir
-
         export = exportable_module(self.accelerator, module, self.config)
         if self.accelerator.is_main_process:
             best = self.output_dir / "best"
             save_model_dir(export, self.bundle, best)
             payload = {"step": step, **scores, "metric_for_best": self.config.train.metric_for_best}
-            (best / "validation_metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+            write_json_atomic(best / "validation_metrics.json", payload)
         self.accelerator.wait_for_everyone()

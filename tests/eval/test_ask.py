@@ -8,7 +8,7 @@ import pytest
 
 from exgra.data.records import load_image
 from exgra.eval.generate import AnswerGenerator, GenerationSettings, load_inference_model
-from tests.eval.test_generate import _one_thread, build_demo, save_tiny_model  # noqa: F401
+from tests.eval.helpers import build_demo, save_tiny_model
 
 
 @pytest.fixture(scope="module")

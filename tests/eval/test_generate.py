@@ -1,7 +1,4 @@
-"""Batched generation: left padding, batched == unbatched greedy answers, stop strings, ablations.
-
-Also home of the small builders the other eval tests import (tiny saved model, demo images).
-"""
+"""Batched generation: left padding, batched == unbatched greedy answers, stop strings, ablations."""
 
 from __future__ import annotations
 
@@ -21,31 +18,7 @@ from exgra.eval.generate import (
     question_text,
     resolve_dtype,
 )
-
-
-def save_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A random ``tiny`` model saved to ``path`` (deterministic for ``seed``)."""
-    from exgra.models import create_model
-
-    torch.manual_seed(seed)
-    create_model("tiny").save(path)
-    return path
-
-
-def build_demo(path: Path, num_samples: int = 60) -> object:
-    """The demo dataset (real medical images from pip packages) in ``path``."""
-    from exgra.data.demo_data import build_demo_dataset
-
-    return build_demo_dataset(path, num_samples=num_samples)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's 2 cores are shared; one intra-op thread is far faster than two fighting ones.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.eval.helpers import build_demo, save_tiny_model
 
 
 @pytest.fixture(scope="module")

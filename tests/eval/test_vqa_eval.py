@@ -14,7 +14,7 @@ import pytest
 
 from exgra.errors import ExgraError
 from exgra.eval.vqa import AnswerShards, VQAEvalConfig, read_jsonl, repair_torn_tail, run_vqa_eval
-from tests.eval.test_generate import _one_thread, build_demo, save_tiny_model  # noqa: F401
+from tests.eval.helpers import build_demo, save_tiny_model
 
 KEYS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 

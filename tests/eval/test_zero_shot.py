@@ -19,7 +19,7 @@ from exgra.eval.zero_shot import (
     run_zero_shot,
     zero_shot_prompt,
 )
-from tests.eval.test_generate import _one_thread, build_demo, save_tiny_model  # noqa: F401
+from tests.eval.helpers import build_demo, save_tiny_model
 
 OPTIONS = ["effusion", "mass", "normal chest", "fracture of the left femur"]
 

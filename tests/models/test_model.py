@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -60,10 +59,9 @@ def test_registry_lists_all_entries():
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-dci", "small"])
-def test_offline_entries_build_fast(name):
-    start = time.perf_counter()
+def test_offline_entries_build(name):
+    # How fast they build is measured by bench/model_speed.py, not asserted here.
     bundle = create_model(name)
-    assert time.perf_counter() - start < 20
     parameters = sum(p.numel() for p in bundle.model.parameters())
     expected = {"tiny": (1e6, 5e6), "tiny-dci": (1e6, 5e6), "small": (40e6, 60e6)}[name]
     assert expected[0] < parameters < expected[1]
@@ -204,18 +202,6 @@ def test_pooled_text_features(tiny):
     torch.testing.assert_close(masked[0], hidden[0, -short:].mean(dim=0))  # left padding
     torch.testing.assert_close(masked[1], hidden[1].mean(dim=0))
     assert not torch.allclose(mean[0], masked[0])
-
-
-def test_forward_and_backward_are_fast(tiny):
-    model = tiny.model.train()
-    ids = torch.randint(10, 1000, (8, 128))
-    ids[:, 1 : 1 + tiny.num_image_tokens] = model.image_token_id
-    pixel_values = torch.randn(8, 3, 32, 32)
-    model(input_ids=ids, pixel_values=pixel_values, labels=ids).loss.backward()  # warm-up
-    start = time.perf_counter()
-    model(input_ids=ids, pixel_values=pixel_values, labels=ids).loss.backward()
-    assert time.perf_counter() - start < 5  # generous bound for a shared CPU; bench/ measures it properly
-    model.zero_grad()
 
 
 def test_save_load_round_trip_dci(tiny_dci, tmp_path):

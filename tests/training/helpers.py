@@ -107,3 +107,11 @@ def make_data(root: Path, count: int = 32, kind: str = "pretrain") -> dict[str, 
 
 def data_overrides(data: dict[str, str]) -> list[str]:
     return [f"data.{key}={value}" for key, value in data.items()]
+
+
+def tiny_config(stage: str, data: dict[str, str], *overrides: str):
+    """The shipped tiny recipe of ``stage`` on ``data`` with ``key=value`` overrides."""
+    from exgra.training import load_train_config
+
+    configs = Path(__file__).resolve().parents[2] / "exgra" / "configs"
+    return load_train_config(stage, configs / f"tiny_{stage}.yaml", [*data_overrides(data), *overrides])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from exgra.config import read_yaml
-from exgra.errors import ConfigError
+from exgra.errors import ConfigError, ExgraError
 from exgra.training.checkpoint import (
     TrainerState,
     finalize_checkpoint,
@@ -139,11 +139,13 @@ def test_output_dir_rules(tmp_path):
     config = load_train_config("stage1", CONFIGS / "tiny_stage1.yaml")
     assert prepare_output_dir(tmp_path / "new", config, resume=False, overwrite=False) is None
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="is not empty"):
+    with pytest.raises(ExgraError, match="is not empty and holds no exgra train output"):
         prepare_output_dir(tmp_path, config, resume=False, overwrite=False)
-    with pytest.raises(ConfigError, match="holds other files"):
+    with pytest.raises(ExgraError, match="never replaces files it did not write"):
         prepare_output_dir(tmp_path, config, resume=False, overwrite=True)
-    assert (tmp_path / "notes.txt").exists()  # --overwrite never deletes what a run did not write
+    assert (
+        tmp_path / "notes.txt"
+    ).read_text() == "mine"  # --overwrite never deletes what a run did not write
 
 
 def test_shipped_recipes_load_by_name(tmp_path, monkeypatch):
@@ -173,9 +175,15 @@ def test_trackers_never_prompt(monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline"
 
 
-def test_resume_of_a_run_without_checkpoint_starts_again(tmp_path):
+def test_resume_of_a_run_without_checkpoint_refuses_and_keeps_it(tmp_path):
+    from exgra.outputs import claim_folder
+
     config = load_train_config("stage1", CONFIGS / "tiny_stage1.yaml")
+    claim_folder(tmp_path, "train", owned=["metrics.jsonl", "checkpoints"])
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     (tmp_path / "checkpoints").mkdir()
-    assert prepare_output_dir(tmp_path, config, resume=True, overwrite=False) is None
-    assert not any(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="holds no complete checkpoint; pass --overwrite"):
+        prepare_output_dir(tmp_path, config, resume=True, overwrite=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
+    with pytest.raises(ConfigError, match="holds no training run; drop --resume"):
+        prepare_output_dir(tmp_path / "new", config, resume=True, overwrite=False)

@@ -13,23 +13,13 @@ from safetensors.torch import load_file
 from exgra.errors import DataError
 from exgra.training import load_train_config, run_training
 from exgra.training.stages import parameter_group
-from tests.training.helpers import data_overrides, make_data
+from tests.training.helpers import data_overrides, tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "exgra" / "configs"
 
 
-@pytest.fixture(scope="module")
-def pretrain_data(tmp_path_factory) -> dict[str, str]:
-    return make_data(tmp_path_factory.mktemp("pretrain"), 32, "pretrain")
-
-
-@pytest.fixture(scope="module")
-def vqa_data(tmp_path_factory) -> dict[str, str]:
-    return make_data(tmp_path_factory.mktemp("vqa"), 32, "vqa")
-
-
 def _config(stage: str, data: dict[str, str], *overrides: str):
-    return load_train_config(stage, CONFIGS / f"tiny_{stage}.yaml", [*data_overrides(data), *overrides])
+    return tiny_config(stage, data, *overrides)
 
 
 def _initial_weights(config) -> dict[str, torch.Tensor]:
@@ -270,7 +260,7 @@ def test_export_from_a_gathered_state_dict_matches_the_direct_export(tmp_path):
     """The FSDP / DeepSpeed export path: full weights -> meta-built model -> HF-native directory."""
     from exgra.alignment import AlignmentConfig, MultiGraphAlignment
     from exgra.models import build_model, load_model
-    from exgra.training.loop import module_from_state_dict, save_model_dir
+    from exgra.training.checkpoint import module_from_state_dict, save_model_dir
     from exgra.training.steps import TrainingModule
 
     config = load_train_config("stage2", CONFIGS / "tiny_stage2.yaml")
