@@ -11,7 +11,7 @@ import torch
 from exgra.eval.generate import AnswerGenerator, GenerationSettings, _StopOnStrings, load_inference_model
 from exgra.eval.scoring import score_answers
 from exgra.eval.vqa import AnswerShards, VQAEvalConfig, read_jsonl, run_vqa_eval
-from tests.eval.test_generate import _one_thread, build_demo, save_tiny_model  # noqa: F401
+from tests.eval.helpers import build_demo, save_tiny_model
 
 
 @pytest.fixture(scope="module")
