@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exgra.data.records import load_vqa_records, vqa_question
-from tests.eval.test_generate import build_demo, save_tiny_model
+from tests.eval.helpers import build_demo, save_tiny_model
 from tests.serve.helpers import running_server
 
 API_KEY = "test-key-7f3a"  # a throwaway key for the test server, passed through the environment only
