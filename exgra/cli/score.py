@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+from exgra.choices import ScorerName
+from exgra.cli.options import hidden_alias, pick
 
 _SCORER_HELP = (
     "legacy: the ExGra-Med reference numbers; strict: normalised exact match and whole-word closed "
@@ -44,35 +47,52 @@ def _print_table(metrics: dict[str, Any]) -> None:
 
 
 def score(
-    gt: Path = typer.Option(..., "--gt", help="VQA test JSON (list of records with conversations)."),
-    pred: Path = typer.Option(..., "--pred", help="Answers JSONL (question_id, text per line)."),
-    candidates: Path | None = typer.Option(
-        None, "--candidates", help='Candidate open answers {"0": [...]} for open accuracy.'
-    ),
-    scorer: str = typer.Option("legacy", "--scorer", help=_SCORER_HELP),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write the metrics JSON here."),
-    per_item: Path | None = typer.Option(None, "--per-item", help="Write per-question results (JSONL) here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Score only the ids present in both files instead of failing."
-    ),
+    data: Annotated[
+        Path | None, typer.Option("--data", help="VQA test JSON (list of records with conversations).")
+    ] = None,
+    answers: Annotated[
+        Path | None, typer.Option("--answers", help="Answers JSONL (question_id, text per line).")
+    ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option("--candidates", help='Candidate open answers {"0": [...]} for open accuracy.'),
+    ] = None,
+    scorer: Annotated[ScorerName, typer.Option("--scorer", help=_SCORER_HELP)] = "legacy",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the metrics JSON here.")
+    ] = None,
+    per_item: Annotated[
+        Path | None, typer.Option("--per-item", help="Write per-question results (JSONL) here.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option("--allow-partial", help="Score only the ids present in both files instead of failing."),
+    ] = False,
+    gt: Annotated[Path | None, hidden_alias("--gt")] = None,
+    pred: Annotated[Path | None, hidden_alias("--pred")] = None,
 ) -> None:
     """Score VQA answers: open recall/F1/BLEU/exact match, candidate open accuracy, closed accuracy."""
     from rich.console import Console
 
-    from exgra.errors import ExgraError
-    from exgra.eval.scoring import SCORERS, score_answers
-    from exgra.io import check_output_file
+    from exgra.config import validate_config
+    from exgra.eval.scoring import ScoreConfig, run_score
 
-    if scorer not in SCORERS:
-        raise ExgraError(f"Unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}.")
-    # Refuse before the work, not after it.
-    for path in (output, per_item):
-        if path is not None:
-            check_output_file(path, overwrite)
-    if output is not None and per_item is not None and output.resolve() == per_item.resolve():
-        raise ExgraError(f"--output and --per-item must be different files (both are {output})")
-    report = score_answers(gt, pred, candidates, scorer=scorer, allow_partial=allow_partial)
+    config = validate_config(
+        ScoreConfig,
+        {
+            "data": pick(data, gt, "--data", "--gt"),
+            "answers": pick(answers, pred, "--answers", "--pred"),
+            "candidates": candidates,
+            "scorer": scorer,
+            "allow_partial": allow_partial,
+            "output": output,
+            "per_item": per_item,
+            "overwrite": overwrite,
+        },
+        "command-line options",
+    )
+    report = run_score(config)
     _print_table(report.metrics)
     console = Console(stderr=True)
     if report.num_left_out:
@@ -82,12 +102,9 @@ def score(
             style="yellow",
             markup=False,
         )
-    if output is not None:
-        report.save(output, overwrite=overwrite)
-        console.print(f"Metrics written to {output}", markup=False)
-    if per_item is not None:
-        report.save_items(per_item, overwrite=overwrite)
-        console.print(f"Per-question results written to {per_item}", markup=False)
+    for path, what in ((output, "Metrics"), (per_item, "Per-question results")):
+        if path is not None:
+            console.print(f"{what} written to {path}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

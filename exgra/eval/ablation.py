@@ -8,15 +8,15 @@ by the question id, so a rerun (or a resumed run) sees the same noise. Scoring t
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from exgra.choices import ImageAblation, choices
+
 __all__ = ["ABLATIONS", "ImageAblation", "ablate_image"]
 
-ImageAblation = Literal["none", "blank", "noise"]
-ABLATIONS: tuple[str, ...] = ("none", "blank", "noise")
+ABLATIONS: tuple[str, ...] = choices(ImageAblation)
 
 
 def _seed_for(key: str, seed: int) -> int:
