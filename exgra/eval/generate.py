@@ -258,6 +258,20 @@ class AnswerGenerator:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def run_settings(self) -> dict[str, Any]:
+        """How this generator turns inputs into answers, for the run info beside an answers file."""
+        processor = self.bundle.image_processor
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "stop_strings": list(self.stop_strings),
+            "image_conversion": getattr(processor, "conversion", None),
+            "image_aspect_ratio": getattr(processor, "aspect_ratio", None),
+            # The reference's eval loaded AutoTokenizer with its default (fast); so does exgra by default.
+            "tokenizer": type(self.tokenizer).__name__ + (" (fast)" if self.tokenizer.is_fast else " (slow)"),
+        }
+
     def build_prompt(self, question: str) -> str:
         """The full prompt string for one question (template + image tokens)."""
         return self.family.prompt(self.bundle, question, self.template_name)

@@ -183,22 +183,6 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
     }
 
 
-def _model_settings(generator: Any) -> dict[str, Any]:
-    """How the model turned inputs into answers: recorded so two runs can be compared setting by setting."""
-    bundle = generator.bundle
-    processor = bundle.image_processor
-    return {
-        "dtype": str(generator.dtype).removeprefix("torch."),
-        "eos_token_id": generator.eos_token_id,
-        "pad_token_id": bundle.tokenizer.pad_token_id,
-        "stop_strings": list(generator.stop_strings),
-        "image_conversion": getattr(processor, "conversion", None),
-        "image_aspect_ratio": getattr(processor, "aspect_ratio", None),
-        # The reference's eval loaded AutoTokenizer with its default (fast); so does exgra at eval.
-        "tokenizer": type(bundle.tokenizer).__name__ + (" (fast)" if bundle.tokenizer.is_fast else " (slow)"),
-    }
-
-
 def _check_resumable(info_path: Path, info: dict[str, Any]) -> None:
     """The resume rule (:mod:`exgra.outputs`): every answer-changing setting must match, by name; an
     unreadable run file is refused (it cannot prove the answers were made the same way)."""
@@ -288,7 +272,7 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
         max_new_tokens=max_new_tokens, seed=config.seed, prompt_tokenization=config.prompt_tokenization
     )
     generator = AnswerGenerator(bundle, template=config.template, settings=settings)
-    info = _run_info(config, generator.template_name, {**settings.to_dict(), **_model_settings(generator)})
+    info = _run_info(config, generator.template_name, {**settings.to_dict(), **generator.run_settings()})
     info_path = sidecar_path(config.output, "run.json")
     if reuse:
         _check_resumable(info_path, info)

@@ -348,6 +348,7 @@ def run_zero_shot(config: ZeroShotConfig) -> ZeroShotResult:
         "length_normalization": None if legacy else config.length_normalization,
         "template": generator.template_name,
         "generation": settings.to_dict() if legacy else None,
+        "model_settings": generator.run_settings(),
         "model": str(config.model.resolve()),
         "data": [str(path.resolve()) for path in config.data],
         "images": str(config.images.resolve()),
