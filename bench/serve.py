@@ -64,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from exgra.data.records import load_vqa_records, vqa_question
-    from tests.eval.test_generate import build_demo, save_tiny_model
+    from tests.eval.helpers import build_demo, save_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="exgra-bench-serve-") as tmp:
         root = Path(tmp)
