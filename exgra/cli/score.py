@@ -49,7 +49,25 @@ def score(
     candidates: Path | None = typer.Option(
         None, "--candidates", help='Candidate open answers {"0": [...]} for open accuracy.'
     ),
-    scorer: str = typer.Option("legacy", "--scorer", help=_SCORER_HELP),
+    scorer: str | None = typer.Option(None, "--scorer", help=_SCORER_HELP + " Default: legacy."),
+    protocol: str | None = typer.Option(
+        None,
+        "--protocol",
+        help="Score under a protocol: exgra-med, llava-med, medevalkit, tokenized-f1, strict "
+        "(refuses answers generated with another prompt).",
+    ),
+    force_protocol: bool = typer.Option(
+        False, "--force-protocol", help="Score under --protocol even if the answers were asked another way."
+    ),
+    judge_model: str | None = typer.Option(
+        None, "--judge-model", help="LLM judge for open answers (medevalkit), any OpenAI-compatible model id."
+    ),
+    judge_base_url: str | None = typer.Option(None, "--judge-base-url", help="Endpoint of the judge."),
+    judge_concurrency: int = typer.Option(8, "--judge-concurrency", min=1, help="Judge requests in flight."),
+    judge_journal: Path | None = typer.Option(
+        None, "--judge-journal", help="Verdicts JSONL (default: <pred stem>.judge.jsonl); resumed when rerun."
+    ),
+    judge_prompt: str = typer.Option("vqa_judge", "--judge-prompt", help="Judge prompt name or .txt file."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the metrics JSON here."),
     per_item: Path | None = typer.Option(None, "--per-item", help="Write per-question results (JSONL) here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
@@ -64,16 +82,24 @@ def score(
     from exgra.eval.scoring import SCORERS, score_answers
     from exgra.io import check_output_file
 
-    if scorer not in SCORERS:
+    if scorer is not None and scorer not in SCORERS:
         raise ExgraError(f"Unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}.")
+    if protocol is None and (judge_model is not None or force_protocol):
+        raise ExgraError("--judge-model and --force-protocol need --protocol (e.g. --protocol medevalkit)")
     # Refuse before the work, not after it.
     for path in (output, per_item):
         if path is not None:
             check_output_file(path, overwrite)
     if output is not None and per_item is not None and output.resolve() == per_item.resolve():
         raise ExgraError(f"--output and --per-item must be different files (both are {output})")
-    report = score_answers(gt, pred, candidates, scorer=scorer, allow_partial=allow_partial)
-    _print_table(report.metrics)
+    if protocol is None:
+        report = score_answers(gt, pred, candidates, scorer=scorer or "legacy", allow_partial=allow_partial)
+        _print_table(report.metrics)
+    else:
+        report = _score_protocol(
+            gt, pred, candidates, scorer, protocol, allow_partial, force_protocol, judge_model,
+            judge_base_url, judge_concurrency, judge_journal, judge_prompt, overwrite,
+        )  # fmt: skip
     console = Console(stderr=True)
     if report.num_left_out:
         console.print(
@@ -88,6 +114,50 @@ def score(
     if per_item is not None:
         report.save_items(per_item, overwrite=overwrite)
         console.print(f"Per-question results written to {per_item}", markup=False)
+
+
+def _score_protocol(
+    gt: Path,
+    pred: Path,
+    candidates: Path | None,
+    scorer: str | None,
+    protocol: str,
+    allow_partial: bool,
+    force: bool,
+    judge_model: str | None,
+    judge_base_url: str | None,
+    judge_concurrency: int,
+    judge_journal: Path | None,
+    judge_prompt: str,
+    overwrite: bool,
+) -> Any:
+    from exgra.cli.eval_commands.vqa import print_metrics_table
+    from exgra.eval.protocol_scoring import score_protocol
+    from exgra.eval.vqa import sidecar_path
+
+    judge = None
+    if judge_model is not None:
+        from exgra.eval.judge import JudgeSettings
+        from exgra.llm import LLMSettings
+
+        llm = LLMSettings(
+            model=judge_model, base_url=judge_base_url, concurrency=judge_concurrency, temperature=0.0
+        )
+        journal = judge_journal or sidecar_path(pred, "judge.jsonl")
+        judge = JudgeSettings(llm=llm, journal=journal, prompt=judge_prompt, overwrite=overwrite)
+    report = score_protocol(
+        gt, pred, protocol, candidates, scorer=scorer, allow_partial=allow_partial, judge=judge, force=force
+    )
+    metrics = report.metrics
+    print_metrics_table(metrics, f"VQA scores — protocol {protocol} v{metrics['protocol']['version']}")
+    if "judge" in metrics:
+        judged = metrics["judge"]
+        typer.echo(
+            f"judge {judged['model']}: {judged['judged']} verdicts ({judged['reused_from_journal']} reused "
+            f"from {judge.journal if judge else ''}), {judged['failed']} failed (scored by exact match; "
+            "rerun to retry them)"
+        )
+    return report
 
 
 def register(app: typer.Typer) -> None:

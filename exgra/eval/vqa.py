@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # Settings that change the answers: a resumed run must match them, or the file would mix two runs.
-_RESUME_KEYS = ("model", "data", "template", "generation", "image_ablation", "dataset")
+_RESUME_KEYS = ("model", "data", "template", "generation", "image_ablation", "dataset", "prompt")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,13 +219,16 @@ class VQAEvalConfig(Section):
     template: Literal["legacy", "chat"] | None = Field(None, description="default: the model's own template")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (with accelerate: each process's GPU)")
-    image_ablation: Literal["none", "blank", "noise"] = "none"
+    image_ablation: Literal["none", "blank", "noise", "shuffle"] = "none"
+    protocol: str = Field("exgra-med", description="evaluation protocol: prompt + decoding + scorer")
     seed: int = 2802
     limit: int | None = Field(None, ge=1, description="answer only the first N questions (smoke tests)")
     overwrite: bool = False
     resume: bool = False
     score: bool = True
-    scorer: Literal["legacy", "llava-med", "llava-med-pre35", "strict"] = "legacy"
+    scorer: Literal["legacy", "llava-med", "llava-med-pre35", "strict"] | None = Field(
+        None, description="a scorer variant of the exgra-med protocol (default: the protocol's scorer)"
+    )
     candidates: Path | None = Field(None, description="candidate.json for the legacy open-accuracy metric")
     progress: bool = True
 
@@ -298,6 +301,7 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
     import transformers
 
     from exgra import __version__
+    from exgra.eval.protocols import get_protocol
 
     return {
         "exgra_version": __version__,
@@ -308,6 +312,8 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
         "template": template,
         "generation": settings,
         "image_ablation": config.image_ablation,
+        "protocol": get_protocol(config.protocol).to_dict(),
+        "prompt": get_protocol(config.protocol).prompt,
         "answer_text": "template.clean_answer(raw): stop string cut, assistant role prefix removed; "
         "metadata.raw_text keeps the reference's text when it differs",
         "torch": torch.__version__,
@@ -387,11 +393,17 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
     Safe to call again after an interruption: answered ids are skipped. Launch it with
     ``accelerate launch -m exgra eval ...`` (or ``torchrun``) to shard the questions across processes.
     """
-    from exgra.data.records import load_image, vqa_question
-    from exgra.eval.ablation import ablate_image
+    from exgra.data.records import load_image, vqa_answer, vqa_question
+    from exgra.eval.ablation import ablate_image, shuffled_images
     from exgra.eval.generate import AnswerGenerator, GenerationSettings, load_inference_model
+    from exgra.eval.protocols import ask, get_protocol
 
     started = time.perf_counter()
+    from exgra.eval.protocol_scoring import protocol_scorer
+
+    protocol = get_protocol(config.protocol)
+    protocol_scorer(protocol, config.scorer)  # an impossible combination fails before any work
+    prompt_style = protocol.prompt
     _check_inputs(config)
     import torch.distributed as dist
 
@@ -418,15 +430,20 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
     barrier()  # everyone has read the same "done" set before anyone appends
 
     remaining = [r for r in records if _key(r.id) not in done]
-    questions = {_key(r.id): vqa_question(r) for r in remaining}
+    questions = {_key(r.id): ask(prompt_style, vqa_question(r), vqa_answer(r)) for r in remaining}
+    # Under the shuffle control a question is shown another question's image (the same in every process).
+    image_of = {_key(r.id): str(r.image) for r in records}
+    if config.image_ablation == "shuffle":
+        image_of = shuffled_images(image_of.items(), config.seed)
     lengths = generator.prompt_lengths([questions[_key(r.id)] for r in remaining]) if remaining else []
     order = sorted(range(len(remaining)), key=lambda i: (lengths[i], i))
     mine = [remaining[i] for i in order][rank::world]
     model_id = str(config.model)
 
     def load_batch(batch: list[Any]) -> Any:
+        mode, seed = config.image_ablation, config.seed
         images = [
-            ablate_image(load_image(config.images, r.image), config.image_ablation, _key(r.id), config.seed)
+            ablate_image(load_image(config.images, image_of[_key(r.id)]), mode, _key(r.id), seed)
             for r in batch
         ]
         return generator.preprocess(images)
@@ -492,10 +509,10 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
 
 def _score(config: VQAEvalConfig, info: dict[str, Any]) -> tuple[dict[str, Any], Path]:
-    from exgra.eval.scoring import score_answers
+    from exgra.eval.protocol_scoring import score_protocol
 
-    report = score_answers(
-        config.data, config.output, candidates_path=config.candidates, scorer=config.scorer
+    report = score_protocol(
+        config.data, config.output, config.protocol, candidates_path=config.candidates, scorer=config.scorer
     )
     metrics_path = sidecar_path(config.output, "metrics.json")
     payload = {**report.to_dict(), "run": info}

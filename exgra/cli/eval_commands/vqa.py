@@ -44,9 +44,22 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
         dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         image_ablation: str = typer.Option(
-            "none", "--image-ablation", help="Blind-image control: none, blank (grey image) or noise."
+            "none", "--image-ablation", help="Blind-image control: none, blank, noise or shuffle."
         ),
-        scorer: str = typer.Option("legacy", "--scorer", help="legacy, llava-med, llava-med-pre35, strict."),
+        protocol: str = typer.Option(
+            "exgra-med",
+            "--protocol",
+            help="Prompt + decoding + scorer: exgra-med, llava-med, medevalkit, tokenized-f1, strict.",
+        ),
+        controls: str | None = typer.Option(
+            None,
+            "--controls",
+            help="Also answer with blank, noise and/or shuffled images (comma-separated) and report "
+            "image reliance.",
+        ),
+        scorer: str | None = typer.Option(
+            None, "--scorer", help="exgra-med scorer variant: legacy, llava-med, llava-med-pre35, strict."
+        ),
         candidates: Path | None = typer.Option(None, "--candidates", help="candidate.json (open accuracy)."),
         no_score: bool = typer.Option(False, "--no-score", help="Only write answers; do not score them."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
@@ -55,7 +68,10 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     ) -> None:
         from exgra.config import validate_config
+        from exgra.eval.controls import parse_controls, run_controls
         from exgra.eval.vqa import VQAEvalConfig, run_vqa_eval
+
+        control_names = parse_controls(controls)
 
         config = validate_config(
             VQAEvalConfig,
@@ -71,6 +87,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "dtype": dtype,
                 "device": device,
                 "image_ablation": image_ablation,
+                "protocol": protocol,
                 "scorer": scorer,
                 "candidates": candidates,
                 "score": not no_score,
@@ -81,7 +98,12 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             },
             "command-line options",
         )
+        if control_names and image_ablation != "none":
+            from exgra.errors import ConfigError
+
+            raise ConfigError("--controls compares with the real image: leave --image-ablation at none")
         result = run_vqa_eval(config)
+        reliance = run_controls(config, control_names) if control_names else None
         if result.process_index != 0:
             return  # the main process reports for all
         typer.echo(
@@ -89,8 +111,14 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             f"({result.num_generated} generated, {result.num_resumed} from before) in {result.seconds:.1f} s"
         )
         if result.metrics is not None:
-            print_metrics_table(result.metrics, f"{title} ({config.scorer} scorer)")
+            scorer_name = result.metrics["scorer"]["name"]
+            print_metrics_table(result.metrics, f"{title} ({config.protocol} protocol, {scorer_name} scorer)")
             typer.echo(f"metrics: {result.metrics_path}")
+        if reliance is not None:
+            from rich.console import Console
+
+            Console().print(reliance.rich_table(f"{title}: image reliance ({config.protocol})"))
+            typer.echo(f"reliance: {reliance.json_path} and {reliance.markdown_path}")
 
     command.__doc__ = (
         f"Generate answers for {title} with batched greedy decoding; resumable; scores at the end.\n\n"
