@@ -286,7 +286,7 @@ class _Pipeline:
             if seed == 0 and fraction == s.fractions[-1]:
                 self._phase(
                     f"{key}/reliance",
-                    f"{label}, {arm_label}: image reliance (blank, noise, shuffle)",
+                    f"{label}, {arm_label}: image reliance",
                     (folder / "answers.reliance.json").is_file(),
                     lambda finetune=finetune, answers=answers, folder=folder: self._reliance(
                         finetune, answers, folder

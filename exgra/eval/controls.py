@@ -195,7 +195,9 @@ def run_controls(config: Any, controls: Sequence[str]) -> RelianceReport | None:
     rank = 0
     for control in controls:
         outputs[control] = control_output(config.output, control)
-        changed = config.model_copy(update={"image_ablation": control, "output": outputs[control]})
+        # Controls are scored without the LLM judge (exact match), as is the reliance table itself.
+        update = {"image_ablation": control, "output": outputs[control], "judge_model": None}
+        changed = config.model_copy(update=update)
         rank = run_vqa_eval(changed).process_index
     if rank != 0:
         return None

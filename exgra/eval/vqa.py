@@ -230,6 +230,8 @@ class VQAEvalConfig(Section):
         None, description="a scorer variant of the exgra-med protocol (default: the protocol's scorer)"
     )
     candidates: Path | None = Field(None, description="candidate.json for the legacy open-accuracy metric")
+    judge_model: str | None = Field(None, description="LLM judge of open answers (medevalkit protocol)")
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the judge")
     progress: bool = True
 
 
@@ -511,8 +513,20 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 def _score(config: VQAEvalConfig, info: dict[str, Any]) -> tuple[dict[str, Any], Path]:
     from exgra.eval.protocol_scoring import score_protocol
 
+    judge = None
+    if config.judge_model is not None:
+        from exgra.eval.judge import JudgeSettings
+        from exgra.llm import LLMSettings
+
+        llm = LLMSettings(model=config.judge_model, base_url=config.judge_base_url, temperature=0.0)
+        judge = JudgeSettings(llm=llm, journal=sidecar_path(config.output, "judge.jsonl"))
     report = score_protocol(
-        config.data, config.output, config.protocol, candidates_path=config.candidates, scorer=config.scorer
+        config.data,
+        config.output,
+        config.protocol,
+        candidates_path=config.candidates,
+        scorer=config.scorer,
+        judge=judge,
     )
     metrics_path = sidecar_path(config.output, "metrics.json")
     payload = {**report.to_dict(), "run": info}

@@ -81,9 +81,11 @@ def test_parse_verdict() -> None:
 def test_judge_scores_open_answers_with_retries_and_malformed_replies(tmp_path: Path) -> None:
     gt, pred = _write(tmp_path)
     journal = tmp_path / "verdicts.jsonl"
-    with MockOpenAIServer(synonym_judge, faults=["malformed", "500", "429", "fenced"]) as server:
+    faults = ["malformed", "500", "429", "fenced"]
+    with MockOpenAIServer(synonym_judge, latency=0.05, faults=faults) as server:
         report = score_protocol(gt, pred, "medevalkit", judge=_settings(server, journal))
         assert server.faults_served == {"malformed": 1, "500": 1, "429": 1, "fenced": 1}
+        assert 1 < server.max_in_flight <= 3  # concurrent, within --judge-concurrency
         assert server.completed == 4 + 1  # four verdicts (one fenced, repaired) and the malformed reply
     metrics = report.metrics
     verdicts = {item.id: item.scores.get("judge_correct") for item in report.items}
@@ -140,3 +142,29 @@ def test_score_cli_with_judge_and_without(tmp_path: Path, run_exgra) -> None:
     assert (tmp_path / "answers.judge.jsonl").is_file()
     refused = run_exgra("score", "--gt", gt, "--pred", pred, "--protocol", "strict", "--judge-model", "m")
     assert refused.exit_code == 1 and "applies to the medevalkit protocol" in refused.stderr
+
+
+def test_eval_with_the_judge_in_one_job(tmp_path: Path, run_exgra) -> None:
+    from tests.eval.test_generate import build_demo, save_tiny_model
+
+    demo = build_demo(tmp_path / "demo", num_samples=40)
+    model = save_tiny_model(tmp_path / "model")
+    output = tmp_path / "answers.jsonl"
+    with MockOpenAIServer(synonym_judge) as server:
+        result = run_exgra(
+            "eval", "vqa", "--model", model, "--data", demo.test, "--images", demo.image_folder, "-o", output,
+            "--max-new-tokens", "3", "--protocol", "medevalkit", "--judge-model", "j", "--judge-base-url",
+            server.base_url,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        records = json.loads(Path(demo.test).read_text())
+        open_ids = {
+            str(r["id"])
+            for r in records
+            if r["conversations"][1]["value"].lower().strip() not in ("yes", "no")
+        }
+        assert server.completed == len(open_ids)
+    metrics = json.loads((tmp_path / "answers.metrics.json").read_text())
+    assert metrics["open_scoring"] == "llm-judge" and metrics["judge"]["judged"] == len(open_ids)
+    journal = [json.loads(line) for line in (tmp_path / "answers.judge.jsonl").read_text().splitlines()[1:]]
+    assert {entry["question_id"] for entry in journal} == open_ids

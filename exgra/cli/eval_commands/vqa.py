@@ -61,6 +61,10 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             None, "--scorer", help="exgra-med scorer variant: legacy, llava-med, llava-med-pre35, strict."
         ),
         candidates: Path | None = typer.Option(None, "--candidates", help="candidate.json (open accuracy)."),
+        judge_model: str | None = typer.Option(
+            None, "--judge-model", help="LLM judge for open answers (medevalkit protocol)."
+        ),
+        judge_base_url: str | None = typer.Option(None, "--judge-base-url", help="Endpoint of the judge."),
         no_score: bool = typer.Option(False, "--no-score", help="Only write answers; do not score them."),
         limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
         seed: int = typer.Option(2802, "--seed", help="Seed recorded with the run (the reference's 2802)."),
@@ -90,6 +94,8 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "protocol": protocol,
                 "scorer": scorer,
                 "candidates": candidates,
+                "judge_model": judge_model,
+                "judge_base_url": judge_base_url,
                 "score": not no_score,
                 "limit": limit,
                 "seed": seed,
