@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,15 +55,24 @@ def _cell(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _is_vqa_metrics(path: Path) -> bool:
+    try:
+        data = read_json(path, "metrics file")
+    except DataError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("scorer"), dict)
+
+
 def collect_metrics_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Metrics files named directly, and every ``*.metrics.json`` under a folder (sorted)."""
+    """Metrics files named directly, and every VQA ``*.metrics.json`` / ``metrics.json`` under a folder."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(path.rglob("*.metrics.json"))
+            candidates = sorted({*path.rglob("*.metrics.json"), *path.rglob("metrics.json")})
+            inside = [candidate for candidate in candidates if _is_vqa_metrics(candidate)]
             if not inside:
-                raise DataError(f"no *.metrics.json file under {path}")
+                raise DataError(f"no metrics file of exgra eval or exgra score under {path}")
             found.extend(inside)
         elif path.is_file():
             found.append(path)
@@ -116,7 +126,7 @@ def load_row(path: str | Path) -> ReportRow:
             label += f" ({scorer})"
     else:
         protocol = _SCORER_PROTOCOL.get(scorer, scorer)
-        label = f"{protocol} (scorer {scorer} v{metrics['scorer'].get('version', '?')})"
+        label = f"{protocol} ({scorer} v{metrics['scorer'].get('version', '?')})"
     values, names = _headline(metrics, protocol)
     dataset = run.get("dataset") or Path(arguments.get("gt", path.name)).stem
     return ReportRow(
@@ -134,7 +144,17 @@ def load_row(path: str | Path) -> ReportRow:
 
 
 def load_rows(paths: Iterable[str | Path]) -> list[ReportRow]:
-    rows = [load_row(path) for path in collect_metrics_files(paths)]
+    """Rows of every metrics file, sorted by dataset, protocol, images and model."""
+    files = collect_metrics_files(paths)
+    rows = [load_row(path) for path in files]
+    # Two files with the same label (e.g. the demo's <fraction>/seed<k>/<arm>/metrics.json) are told
+    # apart by their folder relative to the folder all files share.
+    labels = [(r.model, r.dataset, r.protocol, r.images) for r in rows]
+    if len(set(labels)) < len(labels):
+        root = Path(os.path.commonpath([str(p.parent) for p in files]))
+        for row, label, path in zip(rows, labels, files, strict=True):
+            if labels.count(label) > 1:
+                row.model = str(path.parent.relative_to(root)) or row.model
     return sorted(rows, key=lambda r: (r.dataset, r.protocol, r.images != "real", r.images, r.model))
 
 

@@ -67,7 +67,7 @@ def test_report_table_markdown_csv_and_plot(runs, tmp_path: Path, run_exgra) -> 
         assert [float(row[k]) for k in ("open", "closed", "overall")] == pytest.approx(expected)
     legacy = by_file[scored.resolve()]
     strict = json.loads(scored.read_text())
-    assert legacy["protocol"] == "strict (scorer strict v1)"
+    assert legacy["protocol"] == "strict (strict v1)"
     assert float(legacy["open"]) == pytest.approx(strict["exact_match"])
 
     markdown = outputs[0].read_text().splitlines()
@@ -77,3 +77,21 @@ def test_report_table_markdown_csv_and_plot(runs, tmp_path: Path, run_exgra) -> 
     assert again.exit_code == 1 and "--overwrite" in again.stderr
     missing = run_exgra("report", tmp_path / "nothing-here")
     assert missing.exit_code == 1 and "neither a metrics file nor a folder" in missing.stderr
+
+
+def test_same_label_rows_are_told_apart_by_folder(runs, tmp_path: Path) -> None:
+    from exgra.eval.compare import load_rows
+
+    _, files = runs
+    # The demo's layout: <fraction>/seed<k>/<arm>/metrics.json, score output without run info.
+    metrics = json.loads(files[0].read_text())
+    metrics.pop("run")
+    for fraction in ("10pct", "100pct"):
+        folder = tmp_path / fraction / "seed0" / "exgra"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    other = tmp_path / "10pct" / "seed0" / "exgra" / "stage2" / "metrics.json"
+    other.parent.mkdir()
+    other.write_text('{"loss": 1.0}')  # a metrics.json that is not VQA metrics: skipped
+    rows = load_rows([tmp_path])
+    assert sorted(row.model for row in rows) == ["100pct/seed0/exgra", "10pct/seed0/exgra"]
