@@ -120,7 +120,10 @@ def _per_item(gt_path: Path, answers: Path, protocol: str, scorer: str | None, c
     from exgra.eval.protocol_scoring import score_protocol
     from exgra.eval.scoring import load_predictions
 
-    report = score_protocol(gt_path, answers, protocol, candidates_path=candidates, scorer=scorer)
+    # Partial: a run with --limit answered only the first questions; the groups hold what was answered.
+    report = score_protocol(
+        gt_path, answers, protocol, candidates_path=candidates, scorer=scorer, allow_partial=True
+    )
     scores = {str(item.id): item.scores.get("score") for item in report.items}
     texts = {str(record.id): record.text for record in load_predictions(answers)}
     return report.metrics, scores, texts

@@ -527,6 +527,7 @@ def _score(config: VQAEvalConfig, info: dict[str, Any]) -> tuple[dict[str, Any],
         candidates_path=config.candidates,
         scorer=config.scorer,
         judge=judge,
+        allow_partial=config.limit is not None,  # --limit answers only the first N questions
     )
     metrics_path = sidecar_path(config.output, "metrics.json")
     payload = {**report.to_dict(), "run": info}

@@ -121,12 +121,13 @@ def test_controls_in_one_eval_job_when_the_model_cannot_look(demo, tmp_path: Pat
     model = _blind_model(tmp_path / "blind")
     output = tmp_path / "out" / "answers.jsonl"
     args = ["eval", "vqa", "--model", model, "--data", demo.test, "--images", demo.image_folder]
-    args += ["-o", output, "--max-new-tokens", "4", "--limit", "12", "--controls", "blank,noise,shuffle"]
+    args += ["-o", output, "--max-new-tokens", "4", "--limit", "6", "--controls", "blank,noise,shuffle"]
     result = run_exgra(*args)
     assert result.exit_code == 0, result.stderr
     assert "image reliance" in result.stdout
     data = json.loads((tmp_path / "out" / "answers.reliance.json").read_text())
     assert set(data["controls"]) == {"blank", "noise", "shuffle"}
+    assert data["groups"]["all"]["n"] == 6  # --limit: the first 6 of the 9 test questions
     for entry in data["groups"].values():
         for values in entry["controls"].values():
             assert values["unchanged"] == 100.0 and values["drop"] == 0.0
