@@ -137,14 +137,12 @@ def _score_protocol(
 
     judge = None
     if judge_model is not None:
-        from exgra.eval.judge import JudgeSettings
-        from exgra.llm import LLMSettings
+        from exgra.eval.judge import judge_settings
 
-        llm = LLMSettings(
-            model=judge_model, base_url=judge_base_url, concurrency=judge_concurrency, temperature=0.0
-        )
         journal = judge_journal or sidecar_path(pred, "judge.jsonl")
-        judge = JudgeSettings(llm=llm, journal=journal, prompt=judge_prompt, overwrite=overwrite)
+        judge = judge_settings(
+            judge_model, judge_base_url, journal, judge_concurrency, judge_prompt, overwrite=overwrite
+        )
     report = score_protocol(
         gt, pred, protocol, candidates, scorer=scorer, allow_partial=allow_partial, judge=judge, force=force
     )

@@ -22,7 +22,15 @@ from exgra.llm import LLMClient, LLMSettings, LLMStats, ReplyError, extract_json
 from exgra.llm.journal import Journal
 from exgra.prompts import load_prompt
 
-__all__ = ["JUDGE_KIND", "JudgeItem", "JudgeOutcome", "JudgeSettings", "judge_answers", "parse_verdict"]
+__all__ = [
+    "JUDGE_KIND",
+    "JudgeItem",
+    "JudgeOutcome",
+    "JudgeSettings",
+    "judge_answers",
+    "judge_settings",
+    "parse_verdict",
+]
 
 JUDGE_KIND = "exgra-vqa-judge"
 
@@ -36,6 +44,19 @@ class JudgeSettings:
     prompt: str = "vqa_judge"
     env_file: Path | None = None
     overwrite: bool = False
+
+
+def judge_settings(
+    model: str,
+    base_url: str | None,
+    journal: Path,
+    concurrency: int = 8,
+    prompt: str = "vqa_judge",
+    overwrite: bool = False,
+) -> JudgeSettings:
+    """Judge settings as the commands build them: temperature 0, the client's retry defaults."""
+    llm = LLMSettings(model=model, base_url=base_url, concurrency=concurrency, temperature=0.0)
+    return JudgeSettings(llm=llm, journal=journal, prompt=prompt, overwrite=overwrite)
 
 
 @dataclass(frozen=True)

@@ -398,11 +398,10 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
     from exgra.data.records import load_image, vqa_answer, vqa_question
     from exgra.eval.ablation import ablate_image, shuffled_images
     from exgra.eval.generate import AnswerGenerator, GenerationSettings, load_inference_model
+    from exgra.eval.protocol_scoring import protocol_scorer
     from exgra.eval.protocols import ask, get_protocol
 
     started = time.perf_counter()
-    from exgra.eval.protocol_scoring import protocol_scorer
-
     protocol = get_protocol(config.protocol)
     protocol_scorer(protocol, config.scorer)  # an impossible combination fails before any work
     prompt_style = protocol.prompt
@@ -515,11 +514,10 @@ def _score(config: VQAEvalConfig, info: dict[str, Any]) -> tuple[dict[str, Any],
 
     judge = None
     if config.judge_model is not None:
-        from exgra.eval.judge import JudgeSettings
-        from exgra.llm import LLMSettings
+        from exgra.eval.judge import judge_settings
 
-        llm = LLMSettings(model=config.judge_model, base_url=config.judge_base_url, temperature=0.0)
-        judge = JudgeSettings(llm=llm, journal=sidecar_path(config.output, "judge.jsonl"))
+        journal = sidecar_path(config.output, "judge.jsonl")
+        judge = judge_settings(config.judge_model, config.judge_base_url, journal)
     report = score_protocol(
         config.data,
         config.output,
