@@ -7,6 +7,11 @@ the tokenizer merges across segment boundaries. Non-target segments get label ``
 ``human_turn_masking="reference"`` reproduces LLaVA-v0's off-by-one: the first two tokens of every
 human turn (every non-target segment after the header) stay LM targets. The default, ``"full"``,
 masks human turns entirely.
+
+``tokenization="reference"`` (the default under the ``legacy`` template) tokenises the whole training
+string the way the reference's slow LLaMA tokenizer did (:func:`exgra.models.tokenizer.reference_token_spans`)
+and assigns each token to the segment its first character lies in; ``"segments"`` encodes every
+segment on its own with the tokenizer as loaded.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def tokenize_conversation(
     segments: Sequence[tuple[str, bool]],
     max_length: int,
     human_turn_masking: str = "full",
+    tokenization: str = "segments",
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of one conversation from ``template.training_segments(...)``.
 
@@ -47,8 +53,11 @@ def tokenize_conversation(
     if tokenizer.bos_token_id is not None:
         input_ids.append(tokenizer.bos_token_id)
         labels.append(IGNORE_INDEX)
+    if tokenization not in ("reference", "segments"):
+        raise ValueError(f"unknown tokenization {tokenization!r}; use reference or segments")
+    per_segment = _segment_ids(tokenizer, segments) if tokenization == "reference" else None
     for index, (text, is_target) in enumerate(segments):
-        ids = _encode(tokenizer, text)
+        ids = per_segment[index] if per_segment is not None else _encode(tokenizer, text)
         if is_target:
             segment_labels = list(ids)
         else:
@@ -58,6 +67,23 @@ def tokenize_conversation(
         input_ids.extend(ids)
         labels.extend(segment_labels)
     return input_ids[:max_length], labels[:max_length]
+
+
+def _segment_ids(tokenizer: Any, segments: Sequence[tuple[str, bool]]) -> list[list[int]]:
+    """Reference tokenisation of the joined segments, split back by the segment of each token's start."""
+    from exgra.models.tokenizer import reference_token_spans
+
+    ends, position = [], 0
+    for text, _ in segments:
+        position += len(text)
+        ends.append(position)
+    per_segment: list[list[int]] = [[] for _ in segments]
+    segment = 0
+    for token_id, start in reference_token_spans(tokenizer, "".join(text for text, _ in segments)):
+        while segment < len(ends) - 1 and start >= ends[segment]:
+            segment += 1
+        per_segment[segment].append(token_id)
+    return per_segment
 
 
 def tokenize_text(tokenizer: Any, text: str, max_length: int) -> list[int]:

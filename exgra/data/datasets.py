@@ -62,6 +62,7 @@ class SupervisedDataset(Dataset):
         human_turn_masking: str = "full",
         alignment_texts: bool = False,
         use_im_start_end: bool = True,
+        tokenization: str = "auto",
     ) -> None:
         self.records = list(records)
         self.image_folder = Path(image_folder)
@@ -71,6 +72,11 @@ class SupervisedDataset(Dataset):
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
         self.human_turn_masking = human_turn_masking
+        # "auto": the reference's slow-tokenizer ids under the legacy template (what released checkpoints
+        # were trained on), per-segment encoding otherwise.
+        if tokenization == "auto":
+            tokenization = "reference" if getattr(template, "name", "") == "legacy" else "segments"
+        self.tokenization = tokenization
         self.alignment_texts = alignment_texts
         self.image_tokens = image_token_string(num_image_tokens, use_start_end=use_im_start_end)
         self.image_token_id = tokenizer.convert_tokens_to_ids("<im_patch>")
@@ -88,13 +94,13 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         try:
-            image = load_image(self.image_folder, record.image)
+            image = load_image(self.image_folder, record.image, conversion=None)
             pixel_values = self.image_processor([image])[0]
         except Exception as exc:  # any unreadable image is reported with its record id
             return {"bad_record": record.id, "reason": f"image {record.image!r} could not be loaded: {exc}"}
         segments = self.template.training_segments(_as_dicts(record.conversations), self.image_tokens)
         input_ids, labels = tokenize_conversation(
-            self.tokenizer, segments, self.max_length, self.human_turn_masking
+            self.tokenizer, segments, self.max_length, self.human_turn_masking, self.tokenization
         )
         image_positions = sum(1 for token in input_ids if token == self.image_token_id)
         if image_positions != self.num_image_tokens:

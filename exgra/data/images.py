@@ -9,7 +9,14 @@ from PIL import Image, UnidentifiedImageError
 
 from exgra.errors import DataError
 
-__all__ = ["array_to_rgb", "load_image", "safe_image_path", "to_rgb"]
+__all__ = ["IMAGE_CONVERSIONS", "array_to_rgb", "load_image", "safe_image_path", "to_rgb"]
+
+# How a non-RGB image becomes RGB. "reference": PIL's own conversion, which is what transformers 4.28's
+# ``convert_to_rgb`` (the reference's CLIP processor) does: the alpha channel is dropped and 16-bit /
+# float values are clipped to 0..255. "exgra": alpha composited on black, high-bit-depth data min-max
+# rescaled (keeps the contrast of 12/16-bit radiographs). Models answer as trained with the conversion
+# they were trained with; see docs/models.md.
+IMAGE_CONVERSIONS = ("reference", "exgra")
 
 
 def safe_image_path(folder: str | Path, relative: str | Path) -> Path:
@@ -51,10 +58,17 @@ def array_to_rgb(array: np.ndarray) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode (16-bit/32-bit gray, float, palette, RGBA, CMYK) to RGB."""
+def to_rgb(image: Image.Image, conversion: str = "exgra") -> Image.Image:
+    """Convert a PIL image of any mode (16-bit/32-bit gray, float, palette, RGBA, CMYK) to RGB.
+
+    ``conversion`` is one of :data:`IMAGE_CONVERSIONS`.
+    """
+    if conversion not in IMAGE_CONVERSIONS:
+        raise ValueError(f"unknown image conversion {conversion!r}; use {' or '.join(IMAGE_CONVERSIONS)}")
     if image.mode == "RGB":
         return image
+    if conversion == "reference":
+        return image.convert("RGB")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return array_to_rgb(np.asarray(image))
     if image.mode == "P":
@@ -67,14 +81,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(folder: str | Path, relative: str | Path) -> Image.Image:
-    """Open ``folder/relative`` (checked with :func:`safe_image_path`) as an 8-bit RGB PIL image."""
+def load_image(folder: str | Path, relative: str | Path, conversion: str | None = "exgra") -> Image.Image:
+    """Open ``folder/relative`` (checked with :func:`safe_image_path`) as an 8-bit RGB PIL image.
+
+    ``conversion=None`` keeps the file's own mode, for callers whose image processor converts
+    (the model's :class:`exgra.models.ImageProcessor` applies the model's ``image_conversion``).
+    """
     path = safe_image_path(folder, relative)
     if not path.is_file():
         raise DataError(f"image not found: {path} (record image '{relative}' in folder {folder})")
     try:
         with Image.open(path) as opened:
             opened.load()
-            return to_rgb(opened)
+            return opened if conversion is None else to_rgb(opened, conversion)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc

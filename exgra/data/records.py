@@ -22,7 +22,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exgra.data.images import load_image, safe_image_path
 from exgra.errors import DataError
@@ -79,9 +88,11 @@ def _check_conversation(turns: Sequence[Turn], field: str) -> None:
 
 class _Record(BaseModel):
     # Extra keys are common in published files (e.g. SLAKE's qid); they are ignored, not errors.
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    id: str
+    # The id keeps the JSON type it has in the file (VQA-RAD and SLAKE use integers): answers, per-item
+    # scores and merged shards write it back unchanged, so scorers that compare ids by type still match.
+    id: StrictStr | StrictInt
     image: str
 
     @field_validator("image")

@@ -3,6 +3,11 @@
 ``legacy`` reproduces the reference's training template (LLaVA v0 ``conv_v1_2``) and its ``simple``
 evaluation prompt (REFERENCE §4.2, §7.1) so released LLaVA-Med / ExGra-Med checkpoints answer as they
 were trained. ``chat`` is the Vicuna-v1 style template of LLaVA-1.5 for new models.
+``mistral_instruct`` is LLaVA's ``mistral_instruct`` conversation mode, the one LLaVA-Med v1.5 uses
+(``[INST] <image>\nquestion [/INST] answer </s>``).
+
+:func:`chat_template` renders each template as a Jinja chat template for the tokenizer/processor of a
+saved checkpoint, so ``processor.apply_chat_template`` (vLLM, lmms-eval) builds the same prompts.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from exgra.errors import ConfigError
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
+    "REFERENCE_TEMPLATES",
     "ConversationTemplate",
+    "chat_template",
     "get_template",
     "image_token_string",
     "list_templates",
@@ -104,6 +111,16 @@ class ConversationTemplate:
             # The trailing "### " is a target: it teaches the model to emit the stop string.
             segments.append(("### ", True))
             return segments
+        if self.name == "mistral_instruct":
+            # LLaVA's LLAMA_2 separator style: "[INST] q [/INST]" then " a </s>" (no system message).
+            segments = []
+            for role, value in turns:
+                value = _insert_image(value, image_tokens)
+                if role == "human":
+                    segments.append((f"[INST] {value} [/INST]", False))
+                else:
+                    segments.append((f" {value} </s>", True))
+            return segments
         segments = [(self.system + " ", False)]
         for role, value in turns:
             value = _insert_image(value, image_tokens)
@@ -125,6 +142,9 @@ class ConversationTemplate:
         ``Assistant: ...`` and stops at the next ``###``.
         """
         text = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        if self.name == "mistral_instruct":
+            # LLaVA-1.5 evaluation puts the image first: "<image>\n" + question.
+            return f"[INST] {image_tokens}\n{text} [/INST]" if image_tokens else f"[INST] {text} [/INST]"
         if image_tokens:
             text = f"{text}\n{image_tokens}"
         if self.name == "legacy":
@@ -150,7 +170,66 @@ class ConversationTemplate:
 _TEMPLATES = {
     "legacy": ConversationTemplate("legacy", SYSTEM_MESSAGE, "Human", "Assistant", ("###",)),
     "chat": ConversationTemplate("chat", CHAT_SYSTEM_MESSAGE, "USER", "ASSISTANT", ("</s>", "USER:")),
+    # EOS (</s>) ends a mistral_instruct answer; there is no stop string.
+    "mistral_instruct": ConversationTemplate("mistral_instruct", "", "USER", "ASSISTANT", ()),
 }
+# Templates that reproduce a released model's own prompts: reference image/eval behaviour by default.
+REFERENCE_TEMPLATES = frozenset({"legacy", "mistral_instruct"})
+
+# Jinja pieces shared by the chat templates: a message's text parts joined, and its image count.
+_JINJA_PARTS = (
+    "{%- macro text_of(message) -%}{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] if part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endfor -%}{%- endif -%}{%- endmacro -%}"
+    "{%- macro images_of(message) -%}{%- if message['content'] is not string -%}"
+    "{%- for part in message['content'] if part['type'] == 'image' -%}{{ IMG }}{%- endfor -%}"
+    "{%- endif -%}{%- endmacro -%}"
+)
+
+
+def chat_template(name: str, image_tokens: str) -> str:
+    """The template ``name`` as a Jinja chat template (``messages`` with text and image parts).
+
+    ``image_tokens`` is what one image becomes in the rendered text (e.g. ``<im_start><im_patch><im_end>``;
+    a LLaVA processor then repeats the ``<im_patch>`` to the model's image-token count). One user message
+    renders, after ``bos_token``, exactly as :meth:`ConversationTemplate.prompt`.
+    """
+    template = get_template(name)
+    image = image_tokens.replace("'", "\\'")
+    head = "{%- set IMG = '" + image + "' -%}" + _JINJA_PARTS + "{{- bos_token -}}"
+    if name == "legacy":
+        intro = (
+            f"{template.system}###{template.human_role}: Hi!###{template.assistant_role}: Hi there!  "
+            "How can I help you today?\n###"
+        )
+        body = (
+            "{{- '" + intro.replace("'", "\\'") + "' -}}{%- for message in messages -%}"
+            "{%- if message['role'] == 'user' -%}"
+            "{{- 'Human: ' + (text_of(message) | replace('<image>', '') | trim) -}}"
+            "{%- for _ in range(images_of(message) | length // (IMG | length)) -%}{{- '\n' + IMG -}}"
+            "{%- endfor -%}{{- '###' -}}"
+            "{%- elif message['role'] == 'assistant' -%}{{- 'Assistant: ' + text_of(message) + '\n###' -}}"
+            "{%- endif -%}{%- endfor -%}"
+        )
+    elif name == "chat":
+        body = (
+            "{{- '" + template.system.replace("'", "\\'") + " ' -}}{%- for message in messages -%}"
+            "{%- if message['role'] == 'user' -%}"
+            "{{- 'USER: ' + (text_of(message) | replace('<image>', '') | trim) -}}"
+            "{%- for _ in range(images_of(message) | length // (IMG | length)) -%}{{- '\n' + IMG -}}"
+            "{%- endfor -%}{{- ' ASSISTANT:' -}}"
+            "{%- elif message['role'] == 'assistant' -%}{{- ' ' + text_of(message) + eos_token -}}"
+            "{%- endif -%}{%- endfor -%}"
+        )
+    else:
+        body = (
+            "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{{- '[INST] ' -}}"
+            "{%- for _ in range(images_of(message) | length // (IMG | length)) -%}{{- IMG + '\n' -}}"
+            "{%- endfor -%}{{- (text_of(message) | replace('<image>', '') | trim) + ' [/INST]' -}}"
+            "{%- elif message['role'] == 'assistant' -%}{{- ' ' + text_of(message) + ' ' + eos_token -}}"
+            "{%- endif -%}{%- endfor -%}"
+        )
+    return head + body
 
 
 def list_templates() -> list[str]:
@@ -159,7 +238,7 @@ def list_templates() -> list[str]:
 
 
 def get_template(name: str) -> ConversationTemplate:
-    """The conversation template called ``name`` (``legacy`` or ``chat``)."""
+    """The conversation template called ``name`` (``legacy``, ``chat`` or ``mistral_instruct``)."""
     if name not in _TEMPLATES:
         choices = ", ".join(list_templates())
         raise ConfigError(f"unknown conversation template '{name}'; choose one of: {choices}")

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from exgra.data.templates import REFERENCE_TEMPLATES
 from exgra.errors import ExgraError
 
 __all__ = [
@@ -54,10 +55,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> float32 on CPU (half precision is slow and lossy there), bfloat16 on a GPU."""
+def resolve_dtype(dtype: str, device: torch.device, reference: bool = False) -> torch.dtype:
+    """``auto`` -> float32 on CPU (half precision is slow and lossy there); on a GPU bfloat16, or
+    float16 for a ``reference`` template (the reference's eval loads its models in float16)."""
     if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+        if device.type == "cpu":
+            return torch.float32
+        return torch.float16 if reference else torch.bfloat16
     if dtype not in _DTYPES:
         raise ExgraError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
@@ -78,13 +82,25 @@ def load_inference_model(
             f"model directory not found: {path} (save one with ModelBundle.save or exgra convert)"
         )
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device, reference=_saved_template(path) in REFERENCE_TEMPLATES)
     dtype_name = next(name for name, value in _DTYPES.items() if value == torch_dtype)
     bundle = load_model(path, dtype=dtype_name)
     bundle.model.to(device=torch_device)
     bundle.model.eval()
     bundle.tokenizer.padding_side = "left"
     return bundle
+
+
+def _saved_template(path: Path) -> str | None:
+    import yaml
+
+    from exgra.models.registry import EXGRA_CONFIG_FILE
+
+    try:
+        saved = yaml.safe_load((path / EXGRA_CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("template") if isinstance(saved, dict) else None
 
 
 def question_text(human_value: str) -> str:
@@ -97,22 +113,22 @@ class _StopOnStrings(StoppingCriteria):
 
     transformers' ``stop_strings`` also matches across the prompt boundary, so a legacy prompt ending
     in ``###`` followed by a generated ``#`` would stop at once; the reference checks only the
-    continuation, as this does. Only the last ``window`` tokens are decoded at each step.
+    continuation, as this does, and exactly as it does: the whole continuation is decoded, and not
+    after the first new token (the reference's criterion only records the start length on its first
+    call), so a first token holding ``###`` runs one step more before the cut.
     """
 
-    def __init__(
-        self, tokenizer: Any, stop_strings: Sequence[str], prompt_length: int, window: int = 16
-    ) -> None:
+    def __init__(self, tokenizer: Any, stop_strings: Sequence[str], prompt_length: int) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = list(stop_strings)
         self.prompt_length = prompt_length
-        self.window = window
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
-        tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :]
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        if input_ids.shape[1] - self.prompt_length <= 1:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
         done = [any(stop in text for stop in self.stop_strings) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -130,6 +146,10 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float | None = None
     seed: int = 2802
+    # "fast": the checkpoint's tokenizer.json, as the reference's eval (AutoTokenizer's default) did;
+    # "slow": the reference's training-time SentencePiece rule (reference_token_spans), which differs
+    # around the image tokens (no "\n" token before <im_start>).
+    prompt_tokenization: str = "fast"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +187,12 @@ class AnswerGenerator:
         self.stop_strings = [s for s in self.template.stop_strings if s]
 
     @property
+    def eos_token_id(self) -> int | list[int] | None:
+        """The checkpoint's own EOS id(s) (its ``generation_config``), else the tokenizer's."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        return configured if configured is not None else self.tokenizer.eos_token_id
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -190,6 +216,8 @@ class AnswerGenerator:
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
         # Restore the side afterwards: a training loop may share this tokenizer and pad on the right.
+        if self.settings.prompt_tokenization == "slow":
+            return self._encode_slow(prompts)
         previous = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"
         try:
@@ -197,6 +225,18 @@ class AnswerGenerator:
         finally:
             self.tokenizer.padding_side = previous
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def _encode_slow(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompts tokenised by the reference's slow-tokenizer rule (its training-time ids), left padded."""
+        from exgra.models.tokenizer import reference_token_spans
+
+        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        rows = [bos + [token for token, _ in reference_token_spans(self.tokenizer, p)] for p in prompts]
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def _cut(self, text: str) -> str:
         for stop in self.stop_strings:
@@ -220,7 +260,7 @@ class AnswerGenerator:
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": self.eos_token_id,
         }
         if settings.do_sample:
             torch.manual_seed(settings.seed)
@@ -272,7 +312,7 @@ def ask_model(
     if not question.strip():
         raise ExgraError("the question is empty; pass the question as the last argument")
     resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
-    image = load_image(resolved.parent, resolved.name)
+    image = load_image(resolved.parent, resolved.name, conversion=None)
     bundle = load_inference_model(model_dir, device=device, dtype=dtype)
     generator = AnswerGenerator(
         bundle, template=template, settings=GenerationSettings(max_new_tokens=max_new_tokens)

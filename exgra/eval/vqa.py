@@ -215,10 +215,17 @@ class VQAEvalConfig(Section):
         "vqa", description="dataset name recorded in the outputs (vqa-rad, slake, pathvqa, vqa)"
     )
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(128, ge=1, description="the reference used 1024; VQA answers are short")
-    template: Literal["legacy", "chat"] | None = Field(None, description="default: the model's own template")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="default: 1024 (the reference's) under legacy/mistral_instruct, else 128"
+    )
+    template: Literal["legacy", "chat", "mistral_instruct"] | None = Field(
+        None, description="default: the model's own template"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (with accelerate: each process's GPU)")
+    prompt_tokenization: Literal["fast", "slow"] = Field(
+        "fast", description="fast = the reference's eval tokenizer; slow = its training-time tokenisation"
+    )
     image_ablation: Literal["none", "blank", "noise", "shuffle"] = "none"
     protocol: str = Field("exgra-med", description="evaluation protocol: prompt + decoding + scorer")
     seed: int = 2802
@@ -324,6 +331,22 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
     }
 
 
+def _model_settings(generator: Any) -> dict[str, Any]:
+    """How the model turned inputs into answers: recorded so two runs can be compared setting by setting."""
+    bundle = generator.bundle
+    processor = bundle.image_processor
+    return {
+        "dtype": str(generator.dtype).removeprefix("torch."),
+        "eos_token_id": generator.eos_token_id,
+        "pad_token_id": bundle.tokenizer.pad_token_id,
+        "stop_strings": list(generator.stop_strings),
+        "image_conversion": getattr(processor, "conversion", None),
+        "image_aspect_ratio": getattr(processor, "aspect_ratio", None),
+        # The reference's eval loaded AutoTokenizer with its default (fast); so does exgra at eval.
+        "tokenizer": type(bundle.tokenizer).__name__ + (" (fast)" if bundle.tokenizer.is_fast else " (slow)"),
+    }
+
+
 def _check_resumable(info_path: Path, info: dict[str, Any]) -> None:
     if not info_path.exists():
         return
@@ -417,9 +440,15 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
     device = state_device if (state_device is not None and config.device == "auto") else config.device
     bundle = load_inference_model(config.model, device=device, dtype=config.dtype)
-    settings = GenerationSettings(max_new_tokens=config.max_new_tokens, seed=config.seed)
+    from exgra.data.templates import REFERENCE_TEMPLATES
+
+    template_name = config.template or bundle.template
+    max_new_tokens = config.max_new_tokens or (1024 if template_name in REFERENCE_TEMPLATES else 128)
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, seed=config.seed, prompt_tokenization=config.prompt_tokenization
+    )
     generator = AnswerGenerator(bundle, template=config.template, settings=settings)
-    info = _run_info(config, generator.template_name, settings.to_dict())
+    info = _run_info(config, generator.template_name, {**settings.to_dict(), **_model_settings(generator)})
     info_path = sidecar_path(config.output, "run.json")
     if reuse:
         _check_resumable(info_path, info)
@@ -444,7 +473,7 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
     def load_batch(batch: list[Any]) -> Any:
         mode, seed = config.image_ablation, config.seed
         images = [
-            ablate_image(load_image(config.images, image_of[_key(r.id)]), mode, _key(r.id), seed)
+            ablate_image(load_image(config.images, image_of[_key(r.id)], None), mode, _key(r.id), seed)
             for r in batch
         ]
         return generator.preprocess(images)

@@ -341,7 +341,7 @@ def run_zero_shot(config: ZeroShotConfig) -> ZeroShotResult:
         for start in range(0, len(present), config.batch_size):
             batch = present[start : start + config.batch_size]
             prompts = [zero_shot_prompt(q.question, q.options) for q in batch]
-            pixel_values = generator.preprocess([load_image(config.images, q.image) for q in batch])
+            pixel_values = generator.preprocess([load_image(config.images, q.image, None) for q in batch])
             lines = []
             if legacy:
                 answers = generator.generate(prompts, pixel_values)

@@ -25,7 +25,9 @@ class ModelConfig(Section):
     llm: str | None = Field(None, description="LLaMA-family weights for a fresh build: local dir or hub name")
     tokenizer: str | None = Field(None, description="tokenizer source; default: `llm`, else the built-in one")
     vision_tower: str | None = Field(None, description="CLIP vision weights (dir or hub name); None = random")
-    vision_type: Literal["clip", "biomedclip"] = "clip"
+    vision_type: Literal["clip"] = Field(
+        "clip", description="tower family; only CLIP (BiomedCLIP was removed, see docs/models.md)"
+    )
     llm_config: dict[str, Any] = Field(default_factory=dict, description="LlamaConfig fields (random init)")
     vision_config: dict[str, Any] = Field(default_factory=dict, description="CLIPVisionConfig fields")
     vision_select_layer: int = Field(-2, description="hidden-state index of the tower fed to the projector")
@@ -35,7 +37,16 @@ class ModelConfig(Section):
         "mean",
         description="pooling of text features for alignment; 'mean' includes padding like the reference",
     )
-    template: Literal["legacy", "chat"] = "legacy"
+    template: Literal["legacy", "chat", "mistral_instruct"] = "legacy"
+    image_conversion: Literal["auto", "reference", "exgra"] = Field(
+        "auto",
+        description="non-RGB images: 'reference' drops alpha and clips 16-bit like the reference's "
+        "processor, 'exgra' composites alpha on black and rescales 16-bit; auto = reference under the "
+        "legacy/mistral_instruct templates, exgra otherwise",
+    )
+    image_aspect_ratio: Literal["square", "pad"] = Field(
+        "square", description="'pad' pads images to a square with the mean colour first (LLaVA-1.5)"
+    )
     use_im_start_end: bool = Field(True, description="wrap image patch tokens in <im_start> ... <im_end>")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"

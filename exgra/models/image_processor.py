@@ -5,40 +5,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-__all__ = ["ImageProcessor", "to_rgb"]
+from exgra.data.images import IMAGE_CONVERSIONS, to_rgb
+
+__all__ = ["ImageProcessor", "expand_to_square", "to_rgb"]
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
-
-    High-bit-depth modes (``I;16``, ``I``, ``F``, common for DICOM-derived and 16-bit PNG medical
-    images) are min-max rescaled to 0-255 first: PIL's own conversion clips them, which turns most
-    radiographs white.
-    """
-    if image.mode == "RGB":
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Pad an RGB image to a centred square on ``background`` (LLaVA-1.5's ``image_aspect_ratio=pad``)."""
+    width, height = image.size
+    if width == height:
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-    return image.convert("RGB")
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), background)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
 
 
 class ImageProcessor:
     """Callable: list of PIL images -> ``pixel_values`` ``[B, 3, S, S]`` (float32).
 
-    CLIP preprocessing (resize the shortest side to ``S``, centre-crop ``S`` x ``S``, rescale, CLIP
-    mean/std) through transformers' PIL backend, which needs no torchvision.
+    Images are first made RGB with ``conversion`` (:data:`exgra.data.images.IMAGE_CONVERSIONS`), padded to
+    a square with the mean colour when ``aspect_ratio="pad"`` (LLaVA-1.5 / LLaVA-Med v1.5), then CLIP
+    preprocessing (resize the shortest side to ``S``, centre-crop ``S`` x ``S``, rescale, CLIP mean/std)
+    through transformers' PIL backend, which needs no torchvision.
     """
 
-    def __init__(self, processor: CLIPImageProcessorPil) -> None:
+    def __init__(
+        self, processor: CLIPImageProcessorPil, conversion: str = "exgra", aspect_ratio: str = "square"
+    ) -> None:
+        if conversion not in IMAGE_CONVERSIONS:
+            raise ValueError(f"unknown image conversion {conversion!r}")
+        if aspect_ratio not in ("square", "pad"):
+            raise ValueError(f"unknown image aspect ratio {aspect_ratio!r}; use square or pad")
         self.processor = processor
+        self.conversion = conversion
+        self.aspect_ratio = aspect_ratio
 
     @classmethod
     def for_size(cls, image_size: int) -> ImageProcessor:
@@ -58,15 +63,26 @@ class ImageProcessor:
                 raise
             return cls.for_size(image_size)
 
+    def configured(self, conversion: str, aspect_ratio: str) -> ImageProcessor:
+        """The same CLIP processor with another RGB conversion / aspect-ratio rule."""
+        return ImageProcessor(self.processor, conversion, aspect_ratio)
+
     @property
     def image_size(self) -> int:
         return int(self.processor.crop_size["height"])
 
+    def prepare(self, image: Image.Image) -> Image.Image:
+        """One PIL image as the CLIP processor receives it (RGB, padded to a square when configured)."""
+        rgb = to_rgb(image, self.conversion)
+        if self.aspect_ratio == "pad":
+            mean = self.processor.image_mean
+            rgb = expand_to_square(rgb, tuple(int(value * 255) for value in mean))
+        return rgb
+
     def __call__(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         if isinstance(images, Image.Image):
             images = [images]
-        rgb = [to_rgb(image) for image in images]
-        return self.processor(rgb, return_tensors="pt")["pixel_values"]
+        return self.processor([self.prepare(image) for image in images], return_tensors="pt")["pixel_values"]
 
     def save_pretrained(self, path: str | Path) -> None:
         self.processor.save_pretrained(str(path))

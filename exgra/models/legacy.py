@@ -6,6 +6,16 @@ no vision-tower weights (the tower is CLIP from ``mm_vision_tower``), a 32004-to
 ``[PAD] <im_patch> <im_start> <im_end>``, and no record of the dense connector: it is inferred from
 ``mm_hidden_size`` (3 x the tower width means DCI). GNN weights of stage-2 checkpoints are dropped.
 ``.bin`` shards are read with ``torch.load(weights_only=True)`` only.
+
+LLaVA-Med v1.5 (``microsoft/llava-med-v1.5-mistral-7b``: ``model_type llava_mistral``,
+``LlavaMistralForCausalLM``) has the same weight names on a Mistral-7B, a 336 px CLIP tower, no image
+tokens in its 32000-token vocabulary (LLaVA-1.5 splices features at a -200 placeholder) and the
+``mistral_instruct`` conversation mode. Conversion adds one ``<im_patch>`` token (embedding and LM-head
+rows initialised to the mean row, as transformers' ``mean_resizing``), uses ``<unk>`` as the pad token
+as LLaVA-Med v1.5 does, and records ``template=mistral_instruct`` and ``image_aspect_ratio=pad``.
+
+The checkpoint's ``generation_config.json`` (or, without one, its config's ``eos_token_id``) decides the
+EOS id of the converted model, because that is what the authors' own ``generate`` calls stopped on.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, CLIPVisionModel, LlamaConfig
+from transformers import AutoTokenizer, CLIPVisionModel, GenerationConfig, LlamaConfig, MistralConfig
 
 from exgra.errors import ExgraError
 from exgra.io import check_output_dir
@@ -97,8 +107,33 @@ def _read_tensors(files: list[Path], progress: bool) -> Iterator[tuple[str, torc
         yield from tensors.items()
 
 
-def _text_config(legacy: dict[str, Any], vocab_size: int, tokenizer: Any) -> LlamaConfig:
+def is_mistral_layout(legacy: dict[str, Any]) -> bool:
+    """LLaVA-Med v1.5's ``llava_mistral`` layout (as opposed to the LLaMA-based v1.0 / ExGra-Med one)."""
+    return legacy.get("model_type") == "llava_mistral" or "LlavaMistralForCausalLM" in legacy.get(
+        "architectures", []
+    )
+
+
+def _text_config(legacy: dict[str, Any], vocab_size: int, tokenizer: Any) -> LlamaConfig | MistralConfig:
     heads = legacy.get("num_attention_heads", 32)
+    if is_mistral_layout(legacy):
+        return MistralConfig(
+            vocab_size=vocab_size,
+            hidden_size=legacy["hidden_size"],
+            intermediate_size=legacy["intermediate_size"],
+            num_hidden_layers=legacy["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=legacy.get("num_key_value_heads", heads),
+            hidden_act=legacy.get("hidden_act", "silu"),
+            max_position_embeddings=legacy.get("max_position_embeddings", 32768),
+            rms_norm_eps=legacy.get("rms_norm_eps", 1e-5),
+            rope_theta=legacy.get("rope_theta", 10000.0),
+            sliding_window=legacy.get("sliding_window"),
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     # The config's bos/eos/pad ids are stale LLaMA-v0 values (REFERENCE §1.1): take them from the tokenizer.
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -116,6 +151,36 @@ def _text_config(legacy: dict[str, Any], vocab_size: int, tokenizer: Any) -> Lla
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _append_mean_rows(state: dict[str, torch.Tensor], rows: int) -> None:
+    """Grow the embedding and LM-head matrices to ``rows`` with their mean row (the added image token)."""
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        if name in state:
+            matrix = state[name]
+            extra = (
+                matrix.float().mean(dim=0, keepdim=True).to(matrix.dtype).expand(rows - matrix.shape[0], -1)
+            )
+            state[name] = torch.cat([matrix, extra], dim=0)
+
+
+def _generation_config(source: Path, legacy: dict[str, Any], tokenizer: Any) -> GenerationConfig:
+    """The EOS/BOS ids the checkpoint's authors generated with; pad from the tokenizer (legacy pad is -1)."""
+    values: dict[str, Any] = {}
+    path = source / "generation_config.json"
+    if path.is_file():
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ExgraError(f"{path} is not valid JSON: {exc}") from exc
+    eos = values.get("eos_token_id", legacy.get("eos_token_id"))
+    bos = values.get("bos_token_id", legacy.get("bos_token_id"))
+    valid = lambda value: isinstance(value, int) and 0 <= value < len(tokenizer)  # noqa: E731
+    return GenerationConfig(
+        bos_token_id=bos if valid(bos) else tokenizer.bos_token_id,
+        eos_token_id=eos if valid(eos) else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
@@ -177,9 +242,20 @@ def convert_legacy_checkpoint(
             f"mm_hidden_size {mm_hidden} fits neither the tower width {width} nor 3 x {width} (DCI)"
         )
 
+    mistral = is_mistral_layout(legacy)
+    if mistral and legacy.get("mm_vision_select_feature", "patch") != "patch":
+        raise ExgraError(
+            f"mm_vision_select_feature '{legacy['mm_vision_select_feature']}' is not supported (only 'patch')"
+        )
     with hub_errors(str(source), "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(source)
-    add_image_tokens(tokenizer)
+    if mistral:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token  # what LLaVA-Med v1.5 trained and evaluated with
+        if IMAGE_PATCH_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_tokens([IMAGE_PATCH_TOKEN], special_tokens=True)
+    else:
+        add_image_tokens(tokenizer)
 
     state: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
@@ -193,9 +269,12 @@ def convert_legacy_checkpoint(
     if embed is None:
         raise ExgraError(f"{source} has no model.embed_tokens.weight; it is not a LLaVA checkpoint")
     if embed.shape[0] < len(tokenizer):
-        raise ExgraError(
-            f"the tokenizer has {len(tokenizer)} tokens but the embeddings only {embed.shape[0]} rows"
-        )
+        if not mistral:
+            raise ExgraError(
+                f"the tokenizer has {len(tokenizer)} tokens but the embeddings only {embed.shape[0]} rows"
+            )
+        _append_mean_rows(state, len(tokenizer))
+        embed = state["model.language_model.embed_tokens.weight"]
     target_dtype = _DTYPES[dtype] if dtype else embed.dtype
     dtype_name = next(name for name, value in _DTYPES.items() if value == target_dtype)
 
@@ -204,8 +283,9 @@ def convert_legacy_checkpoint(
         dense_connector=connector,
         projector_type=projector_type,
         vision_select_layer=legacy.get("mm_vision_select_layer", -2),
-        use_im_start_end=legacy.get("mm_use_im_start_end", True),
-        template="legacy",
+        use_im_start_end=legacy.get("mm_use_im_start_end", not mistral),
+        template="mistral_instruct" if mistral else "legacy",
+        image_aspect_ratio="pad" if legacy.get("image_aspect_ratio") == "pad" else "square",
         dtype=dtype_name,
     )
     text_config = _text_config(legacy, embed.shape[0], tokenizer)
@@ -230,6 +310,7 @@ def convert_legacy_checkpoint(
         raise ExgraError(f"{source} lacks weights for {', '.join(leftover[:3])}")
     model.eval()
 
+    model.generation_config = _generation_config(source, legacy, tokenizer)
     image_processor = ImageProcessor.from_pretrained(tower_source, image_size=tower.config.image_size)
     bundle = finish_bundle(model, tokenizer, image_processor, config)
     path = bundle.save(destination, overwrite=overwrite)

@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import os
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +34,24 @@ from transformers import (
 )
 
 from exgra.config import merge_dicts, validate_config
-from exgra.data.templates import ConversationTemplate, get_template, image_token_string
+from exgra.data.templates import (
+    REFERENCE_TEMPLATES,
+    ConversationTemplate,
+    chat_template,
+    get_template,
+    image_token_string,
+)
 from exgra.errors import ConfigError, ExgraError
 from exgra.io import staged_output_dir
 from exgra.models.config import ModelConfig
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaConfig, ExgraLlavaForConditionalGeneration, VisionProjector
-from exgra.models.tokenizer import IMAGE_PATCH_TOKEN, add_image_tokens, build_tiny_tokenizer
+from exgra.models.tokenizer import (
+    IMAGE_PATCH_TOKEN,
+    add_image_tokens,
+    build_tiny_tokenizer,
+    sentencepiece_model_file,
+)
 
 __all__ = [
     "EXGRA_CONFIG_FILE",
@@ -63,6 +76,8 @@ RUNTIME_KEYS = frozenset(
         "attn_implementation",
         "padding_side",
         "model_max_length",
+        "image_conversion",
+        "image_aspect_ratio",
     }
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -152,6 +167,31 @@ _SEVEN_B = {
     "dtype": "bfloat16",
 }
 
+# LLaVA-Med v1.5 (microsoft/llava-med-v1.5-mistral-7b): Mistral-7B + CLIP ViT-L/14-336 + mlp2x_gelu.
+_CLIP_L_336 = {**_CLIP_L, "image_size": 336}
+_MISTRAL_7B = {
+    "vocab_size": 32001,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
+}
+_LLAVA_MED_V15 = {
+    "vision_tower": "openai/clip-vit-large-patch14-336",
+    "vision_config": _CLIP_L_336,
+    "llm_config": _MISTRAL_7B,
+    "projector_type": "mlp2x_gelu",
+    "template": "mistral_instruct",
+    "use_im_start_end": False,
+    "image_aspect_ratio": "pad",
+    "dtype": "bfloat16",
+}
+
 _REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -182,6 +222,13 @@ _REGISTRY: dict[str, ModelSpec] = {
             "≈7.1 B",
             False,
             dict(_SEVEN_B),
+        ),
+        ModelSpec(
+            "llava-med-v1.5-7b",
+            "LLaVA-Med v1.5: Mistral-7B + CLIP ViT-L/14-336 + mlp2x_gelu",
+            "≈7.6 B",
+            False,
+            dict(_LLAVA_MED_V15),
         ),
         ModelSpec(
             "exgra-med-7b-dci",
@@ -240,16 +287,57 @@ class ModelBundle:
                 data = json.loads(config_path.read_text(encoding="utf-8"))
                 data["architectures"] = ["LlavaForConditionalGeneration"]
                 config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            self.tokenizer.save_pretrained(tmp)
-            self.image_processor.save_pretrained(tmp)
+            self._save_processor(tmp)
             saved = self.config.model_copy(
                 update={"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
             )
             (tmp / EXGRA_CONFIG_FILE).write_text(
                 yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
             )
+            _normal_file_modes(tmp)
         path = Path(path)
         return path
+
+    def _save_processor(self, directory: Path) -> None:
+        """Tokenizer, image processor and a ``LlavaProcessor`` with the chat template of ``template``.
+
+        Stock ``AutoProcessor.from_pretrained(dir)`` then expands each ``<im_patch>`` of a rendered
+        chat to the model's image-token count, as vLLM and lmms-eval expect of a LLaVA checkpoint.
+        """
+        from transformers import LlavaProcessor
+
+        collapsed = image_token_string(1, self.config.use_im_start_end)
+        template = chat_template(self.template, collapsed)
+        self.tokenizer.chat_template = template
+        vision = self.model.config.vision_config
+        processor = LlavaProcessor(
+            image_processor=self.image_processor.processor,
+            tokenizer=self.tokenizer,
+            patch_size=vision.patch_size,
+            vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
+            chat_template=template,
+            image_token=IMAGE_PATCH_TOKEN,
+            num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        )
+        processor.save_pretrained(directory)
+        model_file = sentencepiece_model_file(self.tokenizer)
+        if model_file is not None and not (directory / "tokenizer.model").exists():
+            # transformers 5 saves tokenizer.json only; keep the SentencePiece model for the
+            # reference's slow-tokenizer training ids (exgra.models.tokenizer.reference_token_spans).
+            shutil.copyfile(model_file, directory / "tokenizer.model")
+
+
+def _normal_file_modes(directory: Path) -> None:
+    """Give every file the mode a plain ``open()`` gives (0666 minus the umask).
+
+    Some writers (safetensors of memory-mapped tensors, temporary files) create 0600 files; a checkpoint
+    is meant to be shared and served, so all its files get the same ordinary mode.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in directory.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
 
 
 def create_model(name: str, *, device: str | None = None, **overrides: Any) -> ModelBundle:
@@ -306,23 +394,12 @@ def llava_config_for(
     )
 
 
-def _require_clip(config: ModelConfig) -> None:
-    if config.vision_type == "biomedclip":
-        from exgra.models.vision import require_open_clip
-
-        require_open_clip()
-        raise ExgraError(
-            "BiomedCLIP towers are not supported by the transformers LLaVA model yet; use vision_type=clip"
-        )
-
-
 def build_model(config: ModelConfig, device: str | None = None) -> ModelBundle:
     """Build (or, with ``config.path``, load) the model that ``config`` describes."""
     if config.path:
         runtime = {key: value for key, value in config.model_dump().items() if key in RUNTIME_KEYS}
         runtime.pop("path")
         return load_model(config.path, **runtime)
-    _require_clip(config)
     meta = device == "meta"
     tokenizer = _load_tokenizer(config)
     add_image_tokens(tokenizer)
@@ -426,12 +503,26 @@ def finish_bundle(
     tokenizer.model_max_length = config.model_max_length
     model.text_pooling = config.text_pooling
     generation = model.generation_config
-    generation.pad_token_id = tokenizer.pad_token_id
-    generation.bos_token_id = tokenizer.bos_token_id
-    generation.eos_token_id = tokenizer.eos_token_id
+    # A checkpoint's own generation_config wins (converted reference checkpoints keep the EOS id their
+    # authors generated with); ids it lacks, or the invalid legacy pad id -1, come from the tokenizer.
+    if generation.pad_token_id is None or _negative(generation.pad_token_id):
+        generation.pad_token_id = tokenizer.pad_token_id
+    if generation.bos_token_id is None:
+        generation.bos_token_id = tokenizer.bos_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    conversion = config.image_conversion
+    if conversion == "auto":
+        conversion = "reference" if config.template in REFERENCE_TEMPLATES else "exgra"
+    image_processor = image_processor.configured(conversion, config.image_aspect_ratio)
     vision = model.config.vision_config
     num_tokens = (vision.image_size // vision.patch_size) ** 2
     return ModelBundle(model, tokenizer, image_processor, config.template, num_tokens, config)
+
+
+def _negative(token_id: Any) -> bool:
+    ids = token_id if isinstance(token_id, list) else [token_id]
+    return any(value < 0 for value in ids)
 
 
 def _saved_config(path: Path, hf_config: PretrainedConfig) -> ModelConfig:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -22,6 +26,8 @@ __all__ = [
     "UNK_TOKEN",
     "add_image_tokens",
     "build_tiny_tokenizer",
+    "reference_token_spans",
+    "sentencepiece_model_file",
 ]
 
 BOS_TOKEN = "<s>"
@@ -143,3 +149,80 @@ def add_image_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     if missing:
         added += tokenizer.add_tokens(missing, special_tokens=True)
     return added
+
+
+# Tokens whose neighbours transformers 4.28's slow tokenizer did not strip: the special tokens that the
+# LLaMA tokenizer_config declares as AddedToken(lstrip=False, rstrip=False). Every other added token
+# ([PAD] and the image tokens, added as plain strings) had the whitespace on both sides removed.
+_UNSTRIPPED = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
+
+
+@functools.lru_cache(maxsize=4)
+def _sentencepiece(model_file: str) -> Any:
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=model_file)
+
+
+def sentencepiece_model_file(tokenizer: PreTrainedTokenizerBase) -> Path | None:
+    """The SentencePiece ``tokenizer.model`` a tokenizer was loaded from, if it is still on disk."""
+    vocab_file = getattr(tokenizer, "vocab_file", None) or tokenizer.init_kwargs.get("vocab_file")
+    if vocab_file and Path(vocab_file).is_file() and Path(vocab_file).suffix != ".json":
+        return Path(vocab_file)
+    return None
+
+
+def _chunks(tokenizer: PreTrainedTokenizerBase, text: str) -> Iterator[tuple[str, int]]:
+    """``(piece, start)``: added tokens and the text between them, stripped the way 4.28 stripped it."""
+    added = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
+    if not added:
+        yield text, 0
+        return
+    pattern = re.compile("|".join(re.escape(token) for token in added))
+    pieces: list[tuple[str, int, bool]] = []
+    position = 0
+    for match in pattern.finditer(text):
+        pieces.append((text[position : match.start()], position, False))
+        pieces.append((match.group(), match.start(), True))
+        position = match.end()
+    pieces.append((text[position:], position, False))
+    for index, (piece, start, is_token) in enumerate(pieces):
+        if not is_token:
+            left = pieces[index - 1] if index > 0 else None
+            right = pieces[index + 1] if index + 1 < len(pieces) else None
+            if left is not None and left[0] not in _UNSTRIPPED:
+                stripped = piece.lstrip()
+                start += len(piece) - len(stripped)
+                piece = stripped
+            if right is not None and right[0] not in _UNSTRIPPED:
+                piece = piece.rstrip()
+        if piece:
+            yield piece, start
+
+
+def reference_token_spans(tokenizer: PreTrainedTokenizerBase, text: str) -> list[tuple[int, int]]:
+    """Token ids of ``text`` as the reference's training tokenizer made them, with character starts.
+
+    The reference trained with transformers 4.28's slow ``LlamaTokenizer`` (REFERENCE §4.2): the text is
+    split at added tokens, whitespace beside ``[PAD]`` / image tokens is dropped, and each remaining
+    piece is encoded by SentencePiece on its own (so it gets SentencePiece's dummy ``▁`` prefix). With
+    the checkpoint's ``tokenizer.model`` this is exact; a tokenizer without one (the built-in BPE)
+    encodes the pieces itself. No BOS is added. Returns ``[(token id, start offset in text)]``.
+    """
+    model_file = sentencepiece_model_file(tokenizer)
+    vocab = tokenizer.get_added_vocab()
+    spans: list[tuple[int, int]] = []
+    for piece, start in _chunks(tokenizer, text):
+        if piece in vocab:
+            spans.append((vocab[piece], start))
+        elif model_file is not None:
+            proto = _sentencepiece(str(model_file)).encode(piece, out_type="proto")
+            data = piece.encode("utf-8")
+            for item in proto.pieces:
+                # SentencePiece offsets are bytes; the dummy prefix piece starts at 0.
+                spans.append((item.id, start + len(data[: item.begin].decode("utf-8", errors="ignore"))))
+        else:
+            encoded = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            for token_id, (begin, _end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+                spans.append((token_id, start + begin))
+    return spans

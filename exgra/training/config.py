@@ -50,6 +50,11 @@ class DataSection(Section):
         description="'full' masks human turns entirely; 'reference' keeps LLaVA-v0's off-by-one "
         "(the first two tokens of every human turn are LM targets).",
     )
+    tokenization: Literal["auto", "reference", "segments"] = Field(
+        "auto",
+        description="'reference' tokenises training strings as the reference's slow LLaMA tokenizer did "
+        "(the default under the legacy template); 'segments' encodes each turn on its own.",
+    )
 
 
 class TrainAlignmentSection(AlignmentConfig):

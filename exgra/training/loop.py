@@ -345,6 +345,7 @@ def run_training(
         bundle.num_image_tokens,
         data_cfg.max_length,
         human_turn_masking=data_cfg.human_turn_masking,
+        tokenization=data_cfg.tokenization,
         alignment_texts=alignment is not None,
         use_im_start_end=config.model.use_im_start_end,
     )

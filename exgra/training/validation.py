@@ -60,7 +60,7 @@ class Validator:
         size = self.config.train.eval_batch_size
         for start in range(0, len(self.records), size):
             chunk = self.records[start : start + size]
-            images = [load_image(self.config.data.image_folder, record.image) for record in chunk]
+            images = [load_image(self.config.data.image_folder, record.image, None) for record in chunk]
             answers = generator.answer([vqa_question(r) for r in chunk], images)
             for record, answer in zip(chunk, answers, strict=True):
                 items.append(

@@ -64,7 +64,7 @@ def test_pretrain_record_accepts_typo_keys_and_serialises_with_from():
             "conversatons_long": turns("<image>", "x"),
         }
     )
-    assert record.id == "7"
+    assert record.id == 7  # ids keep their JSON type (answers must write them back unchanged)
     assert record.conversations[1].value == "ok"
     assert record.conversations_long is not None and record.conversations_long[1].value == "x"
     assert record.to_json()["conversations"][0] == {"from": "human", "value": "<image> hi"}

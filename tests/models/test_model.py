@@ -40,7 +40,7 @@ def tiny_dci():
 
 def test_registry_lists_all_entries():
     names = [spec.name for spec in list_models()]
-    assert names == ["tiny", "tiny-dci", "small", "llava-med-7b", "exgra-med-7b-dci"]
+    assert names == ["tiny", "tiny-dci", "small", "llava-med-7b", "llava-med-v1.5-7b", "exgra-med-7b-dci"]
     with pytest.raises(ConfigError, match="tiny-dci"):
         get_model_spec("tinyy")
     with pytest.raises(ConfigError, match="dense_connector"):
@@ -81,6 +81,17 @@ def test_7b_entries_build_on_meta(name, connector, projector_in):
     assert model.model.multi_modal_projector.linear_1.in_features == projector_in
     assert model.model.multi_modal_projector.linear_2.out_features == 4096
     assert bundle.config.vision_tower == "openai/clip-vit-large-patch14"
+
+
+def test_llava_med_v15_entry_builds_on_meta():
+    # Mistral-7B (7.24 B) + CLIP ViT-L/14-336 (0.30 B) + mlp2x_gelu (21 M): 576 image tokens at 336 px.
+    bundle = create_model("llava-med-v1.5-7b", device="meta")
+    parameters = sum(p.numel() for p in bundle.model.parameters())
+    assert 7.5e9 < parameters < 7.65e9
+    text = bundle.model.config.text_config
+    assert text.num_key_value_heads == 8 and text.intermediate_size == 14336
+    assert bundle.num_image_tokens == 576 and bundle.template == "mistral_instruct"
+    assert bundle.image_tokens == "<im_patch>" * 576 and bundle.config.image_aspect_ratio == "pad"
 
 
 def test_7b_entry_without_weights_fails_clearly():
@@ -323,11 +334,7 @@ def test_other_variants_round_trip_through_auto_classes(tmp_path, connector, pro
         torch.testing.assert_close(auto(**inputs, pixel_values=pixel_values).logits, expected, rtol=0, atol=0)
 
 
-def test_biomedclip_needs_its_extra():
-    try:
-        import open_clip  # noqa: F401
-    except ImportError:
-        with pytest.raises(ExgraError, match=r"exgra\[biomedclip\]"):
-            create_model("tiny", vision_type="biomedclip")
-    else:
-        pytest.skip("open_clip is installed here")
+def test_biomedclip_option_is_gone():
+    # BiomedCLIP was removed (docs/models.md): the option is refused by name, not accepted and then failed.
+    with pytest.raises(ConfigError, match="vision_type"):
+        create_model("tiny", vision_type="biomedclip")

@@ -85,7 +85,7 @@ def test_chat_template():
 
 
 def test_templates_reject_bad_input():
-    assert list_templates() == ["chat", "legacy"]
+    assert list_templates() == ["chat", "legacy", "mistral_instruct"]
     with pytest.raises(ConfigError, match="legacy"):
         get_template("vicuna")
     with pytest.raises(ValueError, match="role"):

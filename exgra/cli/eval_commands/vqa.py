@@ -37,11 +37,22 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
         images: Path = typer.Option(..., "--images", help="Folder the records' image paths are relative to."),
         output: Path = typer.Option(..., "--output", "-o", help="Answers JSONL to write."),
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generate call."),
-        max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Longest answer in tokens."),
-        template: str | None = typer.Option(
-            None, "--template", help="Conversation template: legacy or chat (default: the model's own)."
+        max_new_tokens: int | None = typer.Option(
+            None,
+            "--max-new-tokens",
+            min=1,
+            help="Longest answer in tokens (default: 1024 like the reference under legacy, else 128).",
         ),
-        dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
+        template: str | None = typer.Option(
+            None,
+            "--template",
+            help="Conversation template: legacy, chat or mistral_instruct (default: the model's own).",
+        ),
+        dtype: str = typer.Option(
+            "auto",
+            "--dtype",
+            help="auto (fp32 CPU; GPU: fp16 under legacy like the reference, else bf16) or a dtype.",
+        ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         image_ablation: str = typer.Option(
             "none", "--image-ablation", help="Blind-image control: none, blank, noise or shuffle."
@@ -59,6 +70,11 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
         ),
         scorer: str | None = typer.Option(
             None, "--scorer", help="exgra-med scorer variant: legacy, llava-med, llava-med-pre35, strict."
+        ),
+        prompt_tokenization: str = typer.Option(
+            "fast",
+            "--prompt-tokenization",
+            help="fast (the reference's eval tokenizer) or slow (its training-time tokenisation).",
         ),
         candidates: Path | None = typer.Option(None, "--candidates", help="candidate.json (open accuracy)."),
         judge_model: str | None = typer.Option(
@@ -92,6 +108,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "device": device,
                 "image_ablation": image_ablation,
                 "protocol": protocol,
+                "prompt_tokenization": prompt_tokenization,
                 "scorer": scorer,
                 "candidates": candidates,
                 "judge_model": judge_model,
