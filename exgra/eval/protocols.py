@@ -67,7 +67,7 @@ class Protocol:
         return asdict(self)
 
 
-_GREEDY = "greedy (do_sample=False), --max-new-tokens (exgra eval's default), the model's conversation template"
+_GREEDY = "greedy (do_sample=False), --max-new-tokens (exgra eval's default), the model's chat template"
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
