@@ -77,6 +77,8 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise DataError(
             f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
+    except RecursionError as exc:  # json gives up on very deep nesting with a bare RecursionError
+        raise DataError(f"{what} {path} is nested too deeply to read") from exc
 
 
 def read_jsonl_lines(
@@ -96,6 +98,8 @@ def read_jsonl_lines(
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"line {number} of {what} {path} is not valid JSON ({exc.msg})") from exc
+        except RecursionError as exc:
+            raise DataError(f"line {number} of {what} {path} is nested too deeply to read") from exc
         if not isinstance(row, dict):
             raise DataError(f"line {number} of {what} {path} is not a JSON object")
         if required_key is not None and required_key not in row:

@@ -82,7 +82,7 @@ def test_os_error_is_one_line_not_a_traceback(run_exgra, tmp_path, monkeypatch):
     def failing_app():
         raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
 
-    monkeypatch.setattr(cli, "app", failing_app)
+    monkeypatch.setattr(cli, "build_command", lambda: failing_app)
     result = run_exgra("models")
     assert result.exit_code == 1
     assert "Permission denied" in result.stderr and str(tmp_path / "out") in result.stderr

@@ -18,7 +18,7 @@ from exgra.alignment.graphs import (
 )
 from exgra.alignment.losses import hamming_loss, matching_accuracy
 from exgra.alignment.module import AlignmentOutput, MultiGraphAlignment, gather_features, graph_pairs
-from exgra.alignment.solver import matching_objective, solve_matching
+from exgra.alignment.solver import edge_pair_indicator, matching_objective, solve_matching
 
 __all__ = [
     "AlignmentConfig",
@@ -30,6 +30,7 @@ __all__ = [
     "blackbox_matching",
     "edge_affinity",
     "edge_features",
+    "edge_pair_indicator",
     "gather_features",
     "graph_pairs",
     "gumbel_noise",

@@ -27,6 +27,14 @@ class AlignmentConfig(Section):
     )
     quadratic_weight: float = Field(0.5, ge=0.0, description="weight of the edge (quadratic) costs")
     lambda_val: float = Field(80.0, gt=0.0, description="blackbox-differentiation interpolation strength")
+    edge_gradient: bool = Field(
+        True,
+        description="blackbox gradient for the edge costs too (reference); false = unary costs only",
+    )
+    solver_search: Literal["iterated", "plain"] = Field(
+        "iterated",
+        description="iterated: extra starts and kick rounds (optimal as far as measured); plain: faster",
+    )
     scale_invariant_gradient: bool = Field(
         True, description="make the blackbox gradient independent of a mixed-precision loss scale"
     )

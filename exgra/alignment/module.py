@@ -32,7 +32,8 @@ class AlignmentOutput:
     """Result of one alignment forward.
 
     ``loss``: scalar float32 tensor; ``diagnostics``: floats (``loss``, ``accuracy/<src>-><dst>``,
-    ``hamming/<src>-><dst>``, ``accuracy``); ``pairs``: the (structure source, target) graph pairs in
+    ``hamming/<src>-><dst>``, ``accuracy``, ``certified``: share of the forward solves the solver's lower
+    bound proves optimal); ``pairs``: the (structure source, target) graph pairs in
     order; ``matchings``: ``[pairs, B, B]`` 0/1 matchings (B = global batch in global scope).
     """
 
@@ -185,11 +186,25 @@ class MultiGraphAlignment(nn.Module):
         # The loss is the mean of P Hamming losses, each (1/B)Σ|M - I|: every entry of ∂loss/∂M has
         # magnitude 1/(P·B) for an unscaled loss, the reference's perturbation size.
         gradient_norm = 1.0 / (count * batch) if config.scale_invariant_gradient else None
-        matchings = blackbox_matching(unary, quadratic, edges, edges, config.lambda_val, gradient_norm)
+        matchings, certified = blackbox_matching(
+            unary,
+            quadratic,
+            edges,
+            edges,
+            config.lambda_val,
+            gradient_norm,
+            config.edge_gradient,
+            return_certificate=True,
+            search=config.solver_search,
+        )
         per_pair = hamming_loss(matchings)
         loss = per_pair.mean()
         accuracy = matching_accuracy(matchings.detach())
-        diagnostics = {"loss": float(loss.detach()), "accuracy": float(accuracy.mean())}
+        diagnostics = {
+            "loss": float(loss.detach()),
+            "accuracy": float(accuracy.mean()),
+            "certified": float(certified.float().mean()),
+        }
         for (source, target), acc, ham in zip(
             pairs, accuracy.tolist(), per_pair.detach().tolist(), strict=True
         ):

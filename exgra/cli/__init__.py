@@ -1,15 +1,16 @@
 """The ``exgra`` command line: one typer app, one module per command.
 
-Each module in this package that defines ``register(app)`` adds its command(s); a module that
-is not here adds nothing, so only commands that work are ever listed. Command modules import
-heavy libraries (torch, transformers) inside the command function so ``exgra --help`` stays fast.
+The commands are listed explicitly in :data:`COMMAND_MODULES` (in the order ``exgra --help`` shows
+them); each module defines ``register(app)``. Add a command by adding a module and naming it there.
+Command modules import heavy libraries (torch, transformers) inside the command function so
+``exgra --help`` stays fast; shared options live in :mod:`exgra.cli.options`.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -47,17 +48,64 @@ def _root(
     _state["debug"] = debug
 
 
-def _register_commands() -> None:
-    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(app)
+# Every command, explicitly (no package scan): exgra.cli.<name> defines register(app).
+COMMAND_MODULES: tuple[str, ...] = (
+    "train",
+    "finetune",
+    "eval",
+    "score",
+    "report",
+    "ask",
+    "serve",
+    "prepare",
+    "extend_captions",
+    "download",
+    "convert",
+    "models",
+    "demo",
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}").register(app)
+
+# Said after an interrupted run, per command, by commands that can be resumed (set in the command).
+_interrupt_hint: dict[str, str] = {}
 
 
-_register_commands()
+def set_interrupt_hint(hint: str) -> None:
+    """What the "interrupted" line tells the user to do next (e.g. "rerun with --resume to continue")."""
+    _interrupt_hint["hint"] = hint
+
+
+def _hide_flag_types(command: Any) -> None:
+    """Show on/off flags as ``--quick``, not ``--quick <bool>`` (typer prints a type for every option)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    original = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = original(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)
+
+
+def build_command() -> Any:
+    """The click command behind ``exgra`` (what :func:`main` runs; ``--help`` tests use it too)."""
+    command = typer.main.get_command(app)
+    _hide_flag_types(command)
+    return command
+
+
+def _was_interrupted(exc: BaseException) -> bool:
+    # typer turns Ctrl-C into Exit(130) raised from the KeyboardInterrupt, then into SystemExit.
+    inner: Any = exc.__context__
+    return isinstance(inner, typer.Exit) and isinstance(inner.__cause__, KeyboardInterrupt)
 
 
 def report_error(message: str) -> None:
@@ -69,8 +117,14 @@ def report_error(message: str) -> None:
 def main() -> None:
     """Console-script entry point: user errors become one red line and exit code 1."""
     debug = "--debug" in sys.argv[1:]
+    _interrupt_hint.clear()
     try:
-        app()
+        try:
+            build_command()()
+        except SystemExit as exc:
+            if exc.code == 130 and _was_interrupted(exc):
+                raise KeyboardInterrupt from None
+            raise
     except ExgraError as exc:
         if debug:
             raise
@@ -86,5 +140,6 @@ def main() -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        report_error("interrupted")
+        hint = _interrupt_hint.get("hint")
+        report_error(f"interrupted; {hint}" if hint else "interrupted")
         sys.exit(130)

@@ -1,29 +1,71 @@
-"""``exgra ask``: one answer about one image on the terminal."""
+"""``exgra ask``: one answer about one image on the terminal, or a multi-turn chat with ``--chat``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
+from exgra.cli.options import Device, Dtype, Template
+
 
 def ask(
-    question: str = typer.Argument(..., help="The question to ask about the image."),
+    question: str | None = typer.Argument(None, help="The question to ask about the image."),
     model: Path = typer.Option(..., "--model", help="Directory of a saved exgra model."),
     image: Path = typer.Option(..., "--image", help="Image file (PNG, JPEG, ...)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer in tokens."),
-    template: str | None = typer.Option(None, "--template", help="legacy or chat (default: the model's)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    template: Template = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
     raw: bool = typer.Option(False, "--raw", help="Print the text as generated (role prefix kept)."),
+    chat: bool = typer.Option(
+        False,
+        "--chat",
+        help="Multi-turn chat: then one question per line on stdin; an empty line or EOF ends.",
+    ),
+    system: str | None = typer.Option(
+        None, "--system", help="System message for --chat (default: the template's)."
+    ),
 ) -> None:
-    """Ask a model one question about one image (greedy decoding). Research use only."""
-    from exgra.eval.generate import ask_model
+    """Ask a model about one image (greedy decoding). Research use only."""
+    if not chat:
+        if question is None:
+            raise typer.BadParameter(
+                "pass the question as the last argument (or use --chat)", param_hint="QUESTION"
+            )
+        from exgra.eval.generate import ask_model
 
-    answer = ask_model(
-        model, image, question, max_new_tokens=max_new_tokens, template=template, dtype=dtype, device=device
-    )
-    typer.echo(answer.raw_text if raw else answer.text)
+        answer = ask_model(
+            model,
+            image,
+            question,
+            max_new_tokens=max_new_tokens,
+            template=template,
+            dtype=dtype,
+            device=device,
+        )
+        typer.echo(answer.raw_text if raw else answer.text)
+        return
+    from exgra.eval.chat_session import ChatSession
+    from exgra.eval.generate import ask_generator, open_image_file
+
+    picture = open_image_file(image)
+    generator = ask_generator(model, max_new_tokens, template, dtype, device)
+    session = ChatSession(generator, picture, system=system)
+    interactive = sys.stdin.isatty()
+    pending = [question] if question and question.strip() else []
+    while True:
+        if pending:
+            line = pending.pop()
+        else:
+            if interactive:
+                typer.echo("you> ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line or not line.strip():
+                return
+        answer = session.ask(line.strip())
+        typer.echo(answer.raw_text if raw else answer.text)
 
 
 def register(app: typer.Typer) -> None:

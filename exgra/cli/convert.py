@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from exgra.choices import WeightsDtype
+from exgra.cli.options import Overwrite
 
 
 def convert_command(
@@ -17,18 +21,29 @@ def convert_command(
         "--vision-tower",
         help="Local CLIP directory (or hub name) instead of the config's mm_vision_tower.",
     ),
-    dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16; default: the checkpoint's."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DESTINATION if it exists."),
+    dtype: Annotated[
+        WeightsDtype | None, typer.Option("--dtype", help="Weights dtype (default: the checkpoint's own).")
+    ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Convert a released LLaVA-Med / ExGra-Med checkpoint so exgra (and transformers) can load it."""
     from rich.console import Console
 
-    from exgra.errors import ConfigError
-    from exgra.models.legacy import convert_legacy_checkpoint
+    from exgra.config import validate_config
+    from exgra.models.legacy import ConvertConfig, run_convert
 
-    if dtype not in (None, "float32", "bfloat16", "float16"):
-        raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got '{dtype}'")
-    result = convert_legacy_checkpoint(source, destination, vision_tower, overwrite=overwrite, dtype=dtype)
+    config = validate_config(
+        ConvertConfig,
+        {
+            "source": source,
+            "destination": destination,
+            "vision_tower": vision_tower,
+            "overwrite": overwrite,
+            "dtype": dtype,
+        },
+        "command-line options",
+    )
+    result = run_convert(config)
     console = Console()
     console.print(
         f"converted {result.num_tensors} tensors ({result.projector_type} projector, "

@@ -1,30 +1,23 @@
 """``exgra eval ...``: a sub-app whose subcommands live in :mod:`exgra.cli.eval_commands`.
 
-Each module there that defines ``register(eval_app)`` adds its subcommand(s).
+The subcommand modules are listed in :data:`EVAL_COMMAND_MODULES`; each defines ``register(eval_app)``.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
 import typer
-
-from exgra.cli import eval_commands
 
 eval_app = typer.Typer(
     help="Evaluate a model: batched VQA answers, zero-shot classification, chatbot judging.",
     no_args_is_help=True,
 )
 
+EVAL_COMMAND_MODULES: tuple[str, ...] = ("vqa", "zero_shot", "chatbot")
+
 
 def register(app: typer.Typer) -> None:
-    modules = sorted(pkgutil.iter_modules(eval_commands.__path__), key=lambda m: m.name)
-    registered = 0
-    for module_info in modules:
-        module = importlib.import_module(f"{eval_commands.__name__}.{module_info.name}")
-        if hasattr(module, "register"):
-            module.register(eval_app)
-            registered += 1
-    if registered:
-        app.add_typer(eval_app, name="eval")
+    for name in EVAL_COMMAND_MODULES:
+        importlib.import_module(f"exgra.cli.eval_commands.{name}").register(eval_app)
+    app.add_typer(eval_app, name="eval")

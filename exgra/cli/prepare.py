@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from exgra.cli.options import Overwrite
+
 
 def register(app: typer.Typer) -> None:
     @app.command("prepare")
@@ -23,20 +25,30 @@ def register(app: typer.Typer) -> None:
         ),
         num_samples: int = typer.Option(400, "--num-samples", help="demo only: number of VQA questions."),
         image_size: int = typer.Option(64, "--image-size", help="demo only: image side in pixels."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+        overwrite: Overwrite = False,
     ) -> None:
         """Convert VQA-RAD, SLAKE or PathVQA (hub layout) into train/val/test JSON, or build the demo set."""
-        from exgra.data.prepare import prepare_dataset
+        from exgra.config import validate_config
+        from exgra.data.prepare import DATASETS, PrepareConfig, run_prepare
+        from exgra.errors import ExgraError
 
-        result = prepare_dataset(
-            dataset.lower(),
-            output,
-            source=source,
-            seed=seed,
-            val_size=val_size,
-            overwrite=overwrite,
-            num_samples=num_samples,
-            image_size=image_size,
+        name = {"path-vqa": "pathvqa"}.get(dataset.lower(), dataset.lower())
+        if name not in DATASETS:
+            raise ExgraError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
+        config = validate_config(
+            PrepareConfig,
+            {
+                "dataset": name,
+                "output": output,
+                "source": source,
+                "seed": seed,
+                "val_size": val_size,
+                "overwrite": overwrite,
+                "num_samples": num_samples,
+                "image_size": image_size,
+            },
+            "command-line options",
         )
+        result = run_prepare(config)
         counts = ", ".join(f"{split} {count}" for split, count in result.counts.items())
         typer.echo(f"wrote {result.root} ({counts} questions); checksums in {result.checksums.name}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+from exgra.choices import ScorerName
+from exgra.cli.options import hidden_alias, pick
 
 _SCORER_HELP = (
     "legacy: the ExGra-Med reference numbers; strict: normalised exact match and whole-word closed "
@@ -44,62 +47,90 @@ def _print_table(metrics: dict[str, Any]) -> None:
 
 
 def score(
-    gt: Path = typer.Option(..., "--gt", help="VQA test JSON (list of records with conversations)."),
-    pred: Path = typer.Option(..., "--pred", help="Answers JSONL (question_id, text per line)."),
-    candidates: Path | None = typer.Option(
-        None, "--candidates", help='Candidate open answers {"0": [...]} for open accuracy.'
-    ),
-    scorer: str | None = typer.Option(None, "--scorer", help=_SCORER_HELP + " Default: legacy."),
-    protocol: str | None = typer.Option(
-        None,
-        "--protocol",
-        help="Score under a protocol: exgra-med, llava-med, medevalkit, tokenized-f1, strict "
-        "(refuses answers generated with another prompt).",
-    ),
-    force_protocol: bool = typer.Option(
-        False, "--force-protocol", help="Score under --protocol even if the answers were asked another way."
-    ),
-    judge_model: str | None = typer.Option(
-        None, "--judge-model", help="LLM judge for open answers (medevalkit), any OpenAI-compatible model id."
-    ),
-    judge_base_url: str | None = typer.Option(None, "--judge-base-url", help="Endpoint of the judge."),
-    judge_concurrency: int = typer.Option(8, "--judge-concurrency", min=1, help="Judge requests in flight."),
-    judge_journal: Path | None = typer.Option(
-        None, "--judge-journal", help="Verdicts JSONL (default: <pred stem>.judge.jsonl); resumed when rerun."
-    ),
-    judge_prompt: str = typer.Option("vqa_judge", "--judge-prompt", help="Judge prompt name or .txt file."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write the metrics JSON here."),
-    per_item: Path | None = typer.Option(None, "--per-item", help="Write per-question results (JSONL) here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Score only the ids present in both files instead of failing."
-    ),
+    data: Annotated[
+        Path | None, typer.Option("--data", help="VQA test JSON (list of records with conversations).")
+    ] = None,
+    answers: Annotated[
+        Path | None, typer.Option("--answers", help="Answers JSONL (question_id, text per line).")
+    ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option("--candidates", help='Candidate open answers {"0": [...]} for open accuracy.'),
+    ] = None,
+    scorer: Annotated[ScorerName, typer.Option("--scorer", help=_SCORER_HELP)] = "legacy",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the metrics JSON here.")
+    ] = None,
+    per_item: Annotated[
+        Path | None, typer.Option("--per-item", help="Write per-question results (JSONL) here.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option("--allow-partial", help="Score only the ids present in both files instead of failing."),
+    ] = False,
+    gt: Annotated[Path | None, hidden_alias("--gt")] = None,
+    pred: Annotated[Path | None, hidden_alias("--pred")] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="Score under a protocol: exgra-med, llava-med, medevalkit, tokenized-f1, strict "
+            "(refuses answers generated with another prompt).",
+        ),
+    ] = None,
+    force_protocol: Annotated[
+        bool, typer.Option("--force-protocol", help="Score under --protocol even if asked another way.")
+    ] = False,
+    judge_model: Annotated[
+        str | None, typer.Option("--judge-model", help="LLM judge for open answers (medevalkit).")
+    ] = None,
+    judge_base_url: Annotated[
+        str | None, typer.Option("--judge-base-url", help="Endpoint of the judge.")
+    ] = None,
+    judge_concurrency: Annotated[
+        int, typer.Option("--judge-concurrency", min=1, help="Judge requests in flight.")
+    ] = 8,
+    judge_journal: Annotated[
+        Path | None,
+        typer.Option("--judge-journal", help="Verdicts JSONL (default: <answers stem>.judge.jsonl)."),
+    ] = None,
+    judge_prompt: Annotated[
+        str, typer.Option("--judge-prompt", help="Judge prompt name or .txt file.")
+    ] = "vqa_judge",
 ) -> None:
     """Score VQA answers: open recall/F1/BLEU/exact match, candidate open accuracy, closed accuracy."""
     from rich.console import Console
 
+    from exgra.config import validate_config
     from exgra.errors import ExgraError
-    from exgra.eval.scoring import SCORERS, score_answers
-    from exgra.io import check_output_file
+    from exgra.eval.scoring import ScoreConfig, run_score
 
-    if scorer is not None and scorer not in SCORERS:
-        raise ExgraError(f"Unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}.")
     if protocol is None and (judge_model is not None or force_protocol):
         raise ExgraError("--judge-model and --force-protocol need --protocol (e.g. --protocol medevalkit)")
-    # Refuse before the work, not after it.
-    for path in (output, per_item):
-        if path is not None:
-            check_output_file(path, overwrite)
-    if output is not None and per_item is not None and output.resolve() == per_item.resolve():
-        raise ExgraError(f"--output and --per-item must be different files (both are {output})")
-    if protocol is None:
-        report = score_answers(gt, pred, candidates, scorer=scorer or "legacy", allow_partial=allow_partial)
-        _print_table(report.metrics)
-    else:
+    if protocol is not None:
         report = _score_protocol(
-            gt, pred, candidates, scorer, protocol, allow_partial, force_protocol, judge_model,
-            judge_base_url, judge_concurrency, judge_journal, judge_prompt, overwrite,
+            pick(data, gt, "--data", "--gt"), pick(answers, pred, "--answers", "--pred"), candidates,
+            None if scorer == "legacy" else scorer, protocol, allow_partial, force_protocol, judge_model,
+            judge_base_url, judge_concurrency, judge_journal, judge_prompt, overwrite, output, per_item,
         )  # fmt: skip
+    else:
+        config = validate_config(
+            ScoreConfig,
+            {
+                "data": pick(data, gt, "--data", "--gt"),
+                "answers": pick(answers, pred, "--answers", "--pred"),
+                "candidates": candidates,
+                "scorer": scorer,
+                "allow_partial": allow_partial,
+                "output": output,
+                "per_item": per_item,
+                "overwrite": overwrite,
+            },
+            "command-line options",
+        )
+        report = run_score(config)
+        _print_table(report.metrics)
     console = Console(stderr=True)
     if report.num_left_out:
         console.print(
@@ -108,12 +139,9 @@ def score(
             style="yellow",
             markup=False,
         )
-    if output is not None:
-        report.save(output, overwrite=overwrite)
-        console.print(f"Metrics written to {output}", markup=False)
-    if per_item is not None:
-        report.save_items(per_item, overwrite=overwrite)
-        console.print(f"Per-question results written to {per_item}", markup=False)
+    for path, what in ((output, "Metrics"), (per_item, "Per-question results")):
+        if path is not None:
+            console.print(f"{what} written to {path}", markup=False)
 
 
 def _score_protocol(
@@ -130,10 +158,17 @@ def _score_protocol(
     judge_journal: Path | None,
     judge_prompt: str,
     overwrite: bool,
+    output: Path | None,
+    per_item: Path | None,
 ) -> Any:
     from exgra.cli.eval_commands.vqa import print_metrics_table
     from exgra.eval.protocol_scoring import score_protocol
     from exgra.eval.vqa import sidecar_path
+    from exgra.io import check_output_file
+
+    for path in (output, per_item):  # refuse before the work, not after it
+        if path is not None:
+            check_output_file(path, overwrite)
 
     judge = None
     if judge_model is not None:
@@ -155,6 +190,10 @@ def _score_protocol(
             f"from {judge.journal if judge else ''}), {judged['failed']} failed (scored by exact match; "
             "rerun to retry them)"
         )
+    if output is not None:
+        report.save(output, overwrite=overwrite)
+    if per_item is not None:
+        report.save_items(per_item, overwrite=overwrite)
     return report
 
 

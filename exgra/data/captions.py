@@ -16,11 +16,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from pydantic import Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from exgra.choices import OnFailure
+from exgra.config import Section
 from exgra.errors import DataError, ExgraError
 from exgra.io import check_output_file, read_json, write_json_atomic
 from exgra.llm import (
@@ -33,27 +36,31 @@ from exgra.llm import (
     resolve_credentials,
 )
 from exgra.llm.journal import Journal
+from exgra.outputs import check_not_inputs, compare_settings
 from exgra.prompts import load_prompt
 
 CONVERSATION_KEYS = ("conversations", "conversatons")  # the reference's data has the typo
 JOURNAL_KIND = "exgra-extend-captions"
 
 
-@dataclass
-class ExtendCaptionsOptions:
-    """Everything ``exgra extend-captions`` needs; Python users build it and call :func:`extend_captions`."""
+class ExtendCaptionsConfig(Section):
+    """Everything ``exgra extend-captions`` needs (validated); Python users build it and call
+    :func:`extend_captions`."""
 
     input_path: Path
     output_path: Path
-    settings: LLMSettings = field(default_factory=LLMSettings)
+    settings: LLMSettings = Field(default_factory=LLMSettings)
     prompt: str = "extend_caption"
-    on_failure: Literal["skip", "keep-original"] = "skip"
+    on_failure: OnFailure = "skip"
     resume: bool = False
     overwrite: bool = False
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     dry_run: bool = False
     env_file: Path | None = None
     show_progress: bool = True
+
+
+ExtendCaptionsOptions = ExtendCaptionsConfig  # the earlier name
 
 
 @dataclass
@@ -182,13 +189,18 @@ def _input_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_paths(options: ExtendCaptionsOptions, journal: Path) -> None:
-    if options.input_path.resolve() == options.output_path.resolve():
-        raise ExgraError("--output must differ from the input file (the input is never overwritten)")
+# Journal-header settings a resumed run must share with the run that wrote the journal.
+RESUME_KEYS = ("input_sha256", "prompt_sha256", "model")
+
+
+def _check_paths(options: ExtendCaptionsConfig, journal: Path) -> None:
+    if options.input_path.is_dir():
+        raise ExgraError(f"INPUT {options.input_path} is a folder, not a JSON file")
     # The output is checked even for a dry run: it tells the user now, not after the paid run.
     check_output_file(
         options.output_path, options.overwrite or options.resume, hint="pass --resume or --overwrite"
     )
+    check_not_inputs({"--output": options.output_path, "the journal": journal}, {"INPUT": options.input_path})
     if options.resume or options.dry_run:
         return
     if journal.exists() and not options.overwrite:
@@ -212,6 +224,8 @@ def _finished_entries(
             f"journal {journal.path} was written for a different input file; "
             "use another --output or --overwrite to start over"
         )
+    # The resume rule (exgra.outputs): the journal header records the run's settings; compare by name.
+    compare_settings(old_header, header, RESUME_KEYS, journal.path)
     finished: dict[int, dict[str, Any]] = {}
     for entry in entries:
         index = entry.get("index")
@@ -222,7 +236,7 @@ def _finished_entries(
 
 
 async def _run(
-    options: ExtendCaptionsOptions,
+    options: ExtendCaptionsConfig,
     records: list[dict[str, Any]],
     pending: list[int],
     system_prompt: str,
@@ -295,19 +309,15 @@ async def _run(
     return entries
 
 
-def extend_captions(options: ExtendCaptionsOptions, console: Console | None = None) -> ExtendCaptionsReport:
+def extend_captions(options: ExtendCaptionsConfig, console: Console | None = None) -> ExtendCaptionsReport:
     """Extend every answer of ``options.input_path`` and write the training file to ``output_path``."""
     console = console or Console(stderr=True)
     started = time.monotonic()
-    options.input_path = Path(options.input_path)
-    options.output_path = Path(options.output_path)
     journal_path = journal_path_for(options.output_path)
     system_prompt = load_prompt(options.prompt)
     records = load_caption_records(options.input_path)
     _check_paths(options, journal_path)
     if options.limit is not None:
-        if options.limit < 1:
-            raise ExgraError(f"--limit must be at least 1, got {options.limit}")
         records = records[: options.limit]
     header = {
         "kind": JOURNAL_KIND,
@@ -351,6 +361,7 @@ def extend_captions(options: ExtendCaptionsOptions, console: Console | None = No
     finally:
         journal.close()
     finished.update(new_entries)
+    _refuse_total_failure(finished, usable, pending, journal_path)
 
     output: list[dict[str, Any]] = []
     for index in usable:
@@ -375,39 +386,18 @@ def extend_captions(options: ExtendCaptionsOptions, console: Console | None = No
     return report
 
 
+def _refuse_total_failure(
+    finished: dict[int, dict[str, Any]], usable: list[int], pending: list[int], journal: Path
+) -> None:
+    """A run in which every request failed is a failure, not an empty training file (issue #12.7)."""
+    if not pending or any(finished.get(index, {}).get("status") == "ok" for index in usable):
+        return
+    error = next((e.get("error") for e in finished.values() if e.get("error")), "no reply")
+    raise ExgraError(
+        f"all {len(pending)} records failed, nothing was written (first error: {error}); check --base-url, "
+        f"the key and --timeout, then rerun with --resume (the journal {journal} keeps the attempts)"
+    )
+
+
 async def _noop() -> dict[int, dict[str, Any]]:
     return {}
-
-
-def print_report(report: ExtendCaptionsReport, dry_run: bool = False, console: Console | None = None) -> None:
-    """A short table of what a run did (or, for a dry run, would do)."""
-    from rich.table import Table
-
-    console = console or Console()
-    stats = report.stats
-    table = Table(title="extend-captions (dry run: nothing sent)" if dry_run else "extend-captions")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    table.add_row("records in input", str(report.records))
-    if report.without_conversations:
-        table.add_row("records without conversations (left out)", str(report.without_conversations))
-    if report.resumed:
-        table.add_row("records already done (journal)", str(report.resumed))
-    if dry_run:
-        table.add_row("requests to send", str(stats.requests))
-        table.add_row("estimated prompt tokens", f"~{stats.prompt_tokens}")
-        table.add_row("estimated completion tokens", f"~{stats.completion_tokens}")
-    else:
-        table.add_row("records extended", str(report.extended))
-        table.add_row("records failed", str(report.failed))
-        table.add_row("records written", str(report.written))
-        table.add_row("requests sent", str(stats.requests))
-        table.add_row("retries / re-asks", f"{stats.retries} / {stats.reasks}")
-        table.add_row("tokens (prompt + completion)", f"{stats.prompt_tokens} + {stats.completion_tokens}")
-        table.add_row("seconds", f"{report.seconds:.1f}")
-    console.print(table)
-    if report.failed_ids:
-        shown = ", ".join(report.failed_ids[:10]) + (" ..." if len(report.failed_ids) > 10 else "")
-        console.print(f"failed records: {shown} (rerun with --resume to retry them)", markup=False)
-    if report.output_path is not None:
-        console.print(f"wrote {report.output_path}", markup=False)

@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 from exgra.data.demo_sources import SourceImage, check_demo_packages, demo_sources
 from exgra.data.records import IMAGE_TOKEN, closed_question_suffix, write_checksums
 from exgra.errors import ExgraError
-from exgra.io import staged_output_dir, write_json_atomic
+from exgra.io import write_json_atomic
+from exgra.outputs import staged_output_folder
 
 __all__ = ["DemoDataset", "build_demo_dataset"]
 
@@ -349,7 +350,8 @@ def build_demo_dataset(
 
     ``num_samples`` is the number of VQA questions over the three splits (70/15/15 %, two questions
     per image); ``pretrain.json`` holds one record per training image. An existing non-empty
-    ``output_dir`` is only replaced with ``overwrite=True``, and only once the new one is complete.
+    ``output_dir`` is only replaced with ``overwrite=True``, only once the new one is complete, and only
+    when it holds an earlier demo dataset and nothing else (:mod:`exgra.outputs`).
     """
     check_demo_packages()
     if image_size < 16:
@@ -357,6 +359,6 @@ def build_demo_dataset(
     if num_samples < 10:
         raise ExgraError(f"num_samples must be at least 10, got {num_samples}")
     output_dir = Path(output_dir)
-    with staged_output_dir(output_dir, overwrite) as building:
+    with staged_output_folder(output_dir, "prepare", overwrite=overwrite) as building:
         num_images, num_questions = _build(building, seed, image_size, num_samples)
     return DemoDataset.at(output_dir, num_images, num_questions)

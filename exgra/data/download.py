@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field
+
+from exgra.config import Section
 from exgra.errors import ExgraError
+from exgra.outputs import describe_path, read_marker, write_marker
 
 MERGE_LICENSE = "CC BY-NC 4.0"
 
@@ -49,7 +54,7 @@ REGISTRY: dict[str, HubEntry] = {
         _checkpoint("exgra-med-dci-pathvqa", "ExGra-Med DCI fine-tuned on PathVQA"),
         _dataset("vqa-rad", "VQA-RAD", "VQA-RAD train/val/test JSONs with answer options"),
         _dataset("slake", "SLAKE", "SLAKE (English) train/val/test JSONs with answer options"),
-        _dataset("path-vqa", "PATH-VQA", "PathVQA train/val/test JSONs"),
+        _dataset("pathvqa", "PATH-VQA", "PathVQA train/val/test JSONs"),
         _dataset(
             "extended-caption-gpt",
             "Extended-Caption-GPT",
@@ -86,12 +91,26 @@ REGISTRY: dict[str, HubEntry] = {
 }
 
 
+# Earlier spellings, still accepted (not listed): the data set is `pathvqa` everywhere else in exgra.
+ALIASES: dict[str, str] = {"path-vqa": "pathvqa"}
+
+
+class DownloadConfig(Section):
+    """What ``exgra download`` fetches (validated): registry names or repo ids, into ``directory/<name>``."""
+
+    names: list[str] = Field(min_length=1)
+    directory: Path = Path("checkpoints")
+    revision: str | None = None
+    max_workers: int = Field(8, ge=1)
+
+
 def list_entries() -> list[HubEntry]:
     return list(REGISTRY.values())
 
 
 def resolve_entry(name: str) -> HubEntry:
     """A registry entry by short name or full repo id; unknown names get the closest matches."""
+    name = ALIASES.get(name, name)
     if name in REGISTRY:
         return REGISTRY[name]
     for entry in REGISTRY.values():
@@ -111,6 +130,42 @@ def download(
     max_workers: int = 8,
 ) -> Path:
     """Fetch one registry entry into ``directory/<name>``; an interrupted download resumes on rerun."""
+    entry = resolve_entry(name)
+    target = Path(directory) / entry.name
+    for folder in (Path(directory), *Path(directory).parents):
+        if folder.exists() and not folder.is_dir():
+            raise ExgraError(f"cannot write {entry.name} to {target}: {folder} is a file, not a folder")
+    _check_target(target)
+    path = _snapshot(entry, target, revision, token, max_workers)
+    # Marked only once complete: huggingface_hub treats any non-empty folder as a finished download
+    # when the hub cannot be reached, so an early marker would hide a failed first download.
+    write_marker(path, "download", owned=["*"])
+    return path
+
+
+def _check_target(target: Path) -> None:
+    """Refuse a target folder holding files that are not an earlier download (changing nothing).
+
+    A download resumes in place, so an earlier download (exgra's marker, or huggingface_hub's
+    ``.cache/huggingface`` bookkeeping of an unfinished one) is fine.
+    """
+    if target.exists() and not target.is_dir():
+        raise ExgraError(f"cannot download into {target}: it is {describe_path(target)}, not a folder")
+    if target.is_dir() and any(target.iterdir()):
+        marker = read_marker(target)
+        earlier = (marker is not None and marker.command == "download") or (
+            marker is None and (target / ".cache" / "huggingface").is_dir()
+        )
+        if not earlier:
+            raise ExgraError(
+                f"{target} already holds files that exgra download did not write; exgra never mixes a "
+                "download into them: move them away or choose another --output"
+            )
+
+
+def _snapshot(
+    entry: HubEntry, target: Path, revision: str | None, token: str | None, max_workers: int
+) -> Path:
     import httpx2
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -121,8 +176,6 @@ def download(
         RevisionNotFoundError,
     )
 
-    entry = resolve_entry(name)
-    target = Path(directory) / entry.name
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not at import: mirrors set late work
     where = f"{entry.repo_id}" + (f" at revision {revision}" if revision else "")
     try:
@@ -158,3 +211,19 @@ def download(
     except OSError as exc:
         raise ExgraError(f"cannot write {entry.name} to {target}: {exc.strerror or exc}") from exc
     return Path(path)
+
+
+def run_download(config: DownloadConfig, on_start: Callable[[HubEntry], None] | None = None) -> list[Path]:
+    """The ``exgra download`` entry point: check every name first, then fetch each (resumable)."""
+    entries = [resolve_entry(name) for name in config.names]  # every name checked before any download
+    directory = config.directory
+    if directory.exists() and not directory.is_dir():
+        raise ExgraError(f"--output {directory} is {describe_path(directory)}; give the path of a folder")
+    paths = []
+    for entry in entries:
+        if on_start is not None:
+            on_start(entry)
+        paths.append(
+            download(entry.name, directory, revision=config.revision, max_workers=config.max_workers)
+        )
+    return paths

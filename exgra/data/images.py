@@ -94,5 +94,10 @@ def load_image(folder: str | Path, relative: str | Path, conversion: str | None 
         with Image.open(path) as opened:
             opened.load()
             return opened if conversion is None else to_rgb(opened, conversion)
+    except Image.DecompressionBombError as exc:  # a header claiming e.g. 60000 x 60000 pixels
+        raise DataError(
+            f"image {path} declares more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS}); "
+            "it is refused as a possible decompression bomb"
+        ) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc

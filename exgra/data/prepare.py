@@ -26,11 +26,13 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 from rich.progress import track
 
+from exgra.config import Section
 from exgra.data.images import safe_image_path
 from exgra.data.records import (
     IMAGE_TOKEN,
@@ -39,9 +41,10 @@ from exgra.data.records import (
     write_checksums,
 )
 from exgra.errors import DataError, ExgraError
-from exgra.io import check_output_dir, staged_output_dir, write_json_atomic
+from exgra.io import write_json_atomic
+from exgra.outputs import describe_path, staged_output_folder
 
-__all__ = ["DATASETS", "PreparedDataset", "prepare_dataset"]
+__all__ = ["DATASETS", "PrepareConfig", "PreparedDataset", "prepare_dataset", "run_prepare"]
 
 DATASETS: tuple[str, ...] = ("vqa-rad", "slake", "pathvqa", "demo")
 SPLIT_FILES = {
@@ -280,7 +283,7 @@ def _convert(name: str, source: Path, root: Path, seed: int, val_size: int | Non
 
 
 def prepare_dataset(
-    name: str,
+    dataset: str,
     output: str | Path,
     source: str | Path | None = None,
     seed: int = 0,
@@ -294,8 +297,10 @@ def prepare_dataset(
     ``val_size`` (VQA-RAD only; default 451) is the number of training questions moved to the
     seeded validation split. ``num_samples`` / ``image_size`` apply to ``demo`` only. The output is
     built in a temporary folder and renamed into place; an existing non-empty ``output`` is only
-    replaced with ``overwrite=True``.
+    replaced with ``overwrite=True``, and only when it is an earlier ``exgra prepare`` output with
+    nothing else in it (see :mod:`exgra.outputs`).
     """
+    name = {"path-vqa": "pathvqa"}.get(dataset, dataset)  # the hub's spelling, accepted
     if name not in DATASETS:
         raise ExgraError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
     output = Path(output)
@@ -318,11 +323,15 @@ def prepare_dataset(
         raise ExgraError(f"preparing {name} needs --source, the folder of the downloaded release")
     source = Path(source)
     if not source.is_dir():
+        if source.exists():
+            raise DataError(f"--source {source} is {describe_path(source)}, not a folder")
         raise DataError(f"source folder not found: {source}")
-    check_output_dir(output, overwrite)
     if output.resolve().is_relative_to(source.resolve()):
         raise ExgraError(f"the output folder {output} must not be inside the source folder {source}")
-    with staged_output_dir(output, overwrite) as building:
+    # Only an earlier `exgra prepare` output, and nothing else, is ever replaced (exgra.outputs).
+    with staged_output_folder(
+        output, "prepare", overwrite=overwrite, inputs={"--source": source}
+    ) as building:
         counts = _convert(name, source, building, seed, val_size)
     return PreparedDataset(
         root=output,
@@ -332,3 +341,21 @@ def prepare_dataset(
         checksums=output / "checksums.sha256",
         counts=counts,
     )
+
+
+class PrepareConfig(Section):
+    """What ``exgra prepare`` builds (validated); ``source`` is the downloaded release (not for ``demo``)."""
+
+    dataset: Literal["vqa-rad", "slake", "pathvqa", "demo"]
+    output: Path
+    source: Path | None = None
+    seed: int = 0
+    val_size: int | None = Field(None, ge=1, description="vqa-rad only (default 451)")
+    num_samples: int = Field(400, ge=10, description="demo only")
+    image_size: int = Field(64, ge=16, description="demo only")
+    overwrite: bool = False
+
+
+def run_prepare(config: PrepareConfig) -> PreparedDataset:
+    """The ``exgra prepare`` entry point (see :func:`prepare_dataset`)."""
+    return prepare_dataset(**config.model_dump())

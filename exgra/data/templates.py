@@ -141,18 +141,75 @@ class ConversationTemplate:
         reference's evaluation does. The legacy prompt ends with ``###``; the model continues with
         ``Assistant: ...`` and stops at the next ``###``.
         """
-        text = question.replace(IMAGE_PLACEHOLDER, "").strip()
-        if self.name == "mistral_instruct":
-            # LLaVA-1.5 evaluation puts the image first: "<image>\n" + question.
-            return f"[INST] {image_tokens}\n{text} [/INST]" if image_tokens else f"[INST] {text} [/INST]"
-        if image_tokens:
-            text = f"{text}\n{image_tokens}"
+        return self.conversation_prompt([("human", question)], image_tokens, images_per_turn=[1])
+
+    def conversation_prompt(
+        self,
+        turns: Sequence[Any],
+        image_tokens: str = "",
+        system: str | None = None,
+        images_per_turn: Sequence[int] | None = None,
+    ) -> str:
+        """Generation prompt for a multi-turn conversation that ends with a human turn.
+
+        ``turns`` are ``(role, text)`` pairs or ``{"from", "value"}`` mappings (roles human/user and
+        gpt/assistant); ``system`` replaces the template's system message. Each human turn's images
+        (``images_per_turn[i]``, default: the number of ``<image>`` placeholders in it) are appended
+        after its text, one ``\n`` + ``image_tokens`` each, the reference's evaluation rule, so a
+        one-turn conversation gives exactly :meth:`prompt`. Legacy keeps the reference's seeded
+        ``Hi!`` exchange, then ``Human: q###`` and ``Assistant: a\n###`` turns; chat follows Vicuna v1
+        (``USER: q ASSISTANT: a</s>``); ``mistral_instruct`` LLaMA-2 style (``[INST] q [/INST] a </s>``).
+        The same prompts as :func:`chat_template` renders, plus the system message.
+        """
+        parsed = [
+            _turn({"from": turn[0], "value": turn[1]} if isinstance(turn, tuple) else turn) for turn in turns
+        ]
+        if not parsed or parsed[-1][0] != "human":
+            raise ValueError("a generation prompt needs a conversation that ends with a user turn")
+        counts = list(images_per_turn) if images_per_turn is not None else None
+        pieces = []
+        for index, (role, value) in enumerate(parsed):
+            text = value.replace(IMAGE_PLACEHOLDER, "").strip()
+            if role == "human":
+                count = counts[index] if counts is not None else value.count(IMAGE_PLACEHOLDER)
+                if image_tokens and self.name == "mistral_instruct":
+                    # LLaVA-1.5 evaluation puts the image first: "<image>\n" + question.
+                    text = f"{image_tokens}\n" * count + text
+                elif image_tokens:
+                    text += f"\n{image_tokens}" * count
+                pieces.append(("human", text))
+            else:
+                pieces.append(("assistant", text))
+        system_text = self.system if system is None else system
         if self.name == "legacy":
-            return (
-                f"{self.system}###{self.human_role}: Hi!###{self.assistant_role}: Hi there!  "
-                f"How can I help you today?\n###{self.human_role}: {text}###"
+            prompt = (
+                f"{system_text}###{self.human_role}: Hi!###{self.assistant_role}: Hi there!  "
+                "How can I help you today?\n###"
             )
-        return f"{self.system} {self.human_role}: {text} {self.assistant_role}:"
+            for role, text in pieces:
+                if role == "human":
+                    prompt += f"{self.human_role}: {text}###"
+                else:
+                    # What a legacy model writes after "###": "Assistant: answer\n", cut at "###".
+                    prompt += f"{self.assistant_role}: {text}\n###"
+            return prompt
+        if self.name == "mistral_instruct":
+            # LLaVA's LLAMA_2 separator style without a system slot: a system text leads the first turn.
+            prompt = ""
+            for index, (role, text) in enumerate(pieces):
+                if role == "human":
+                    lead = f"{system}\n\n" if system and index == 0 else ""
+                    prompt += f"[INST] {lead}{text} [/INST]"
+                else:
+                    prompt += f" {text} </s>"
+            return prompt
+        prompt = f"{system_text} "
+        for role, text in pieces:
+            if role == "human":
+                prompt += f"{self.human_role}: {text} {self.assistant_role}:"
+            else:
+                prompt += f" {text}</s>"
+        return prompt
 
     def clean_answer(self, text: str) -> str:
         """Generated continuation -> answer: cut at the first stop string, drop a leading role prefix."""

@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterable
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from exgra.choices import ImageAblation, choices
+
 __all__ = ["ABLATIONS", "ImageAblation", "ablate_image", "shuffled_images"]
 
-ImageAblation = Literal["none", "blank", "noise", "shuffle"]
-ABLATIONS: tuple[str, ...] = ("none", "blank", "noise", "shuffle")
+ABLATIONS: tuple[str, ...] = choices(ImageAblation)
 
 
 def _seed_for(key: str, seed: int) -> int:

@@ -14,36 +14,44 @@ import hashlib
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from exgra.config import Section
+from exgra.data.records import sha256_file
 from exgra.errors import DataError, ExgraError
 from exgra.io import check_output_file, read_jsonl, write_json_atomic
 from exgra.llm import Credentials, LLMClient, LLMSettings, LLMStats, ReplyError, resolve_credentials
 from exgra.llm.journal import Journal
+from exgra.outputs import check_distinct_outputs, check_not_inputs, check_resume_settings, write_settings
 from exgra.prompts import load_prompt
 
 DOMAINS = ("chest_xray", "mri", "histology", "gross", "ct_scan")
 _SCORES = re.compile(r"^\s*\**\s*(\d+(?:\.\d+)?)\s*(?:[,/]|\s)\s*(\d+(?:\.\d+)?)\s*\**\s*$")
 
 
-@dataclass
-class ChatbotEvalOptions:
+class ChatbotEvalConfig(Section):
+    """Everything ``exgra eval chatbot`` needs (validated); the judge runs at temperature 0 by default."""
+
     questions_path: Path
     answers_path: Path
     output_path: Path
     summary_path: Path | None = None
-    settings: LLMSettings = field(default_factory=lambda: LLMSettings(temperature=0.0))
+    settings: LLMSettings = Field(default_factory=lambda: LLMSettings(model="openai/gpt-4o", temperature=0.0))
     prompt: str = "chatbot_judge"
     system_prompt: str = "chatbot_judge_system"
     resume: bool = False
     overwrite: bool = False
     env_file: Path | None = None
     show_progress: bool = True
+
+
+ChatbotEvalOptions = ChatbotEvalConfig  # the earlier name
 
 
 @dataclass
@@ -157,7 +165,7 @@ def _existing_reviews(path: Path, wanted: set[str]) -> list[dict[str, Any]]:
 
 async def _judge(
     pending: list[tuple[dict[str, Any], dict[str, Any]]],
-    options: ChatbotEvalOptions,
+    options: ChatbotEvalConfig,
     credentials: Credentials,
     instruction: str,
     system_prompt: str,
@@ -209,17 +217,19 @@ async def _judge(
     return reviews, failed
 
 
-def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None) -> ChatbotEvalReport:
+def evaluate_chatbot(options: ChatbotEvalConfig, console: Console | None = None) -> ChatbotEvalReport:
     """Judge every answer, append reviews to ``output_path`` (JSONL), write a summary JSON."""
     console = console or Console(stderr=True)
     started = time.monotonic()
     output = Path(options.output_path)
     summary_path = Path(options.summary_path or output.with_name(output.stem + ".summary.json"))
+    settings_path = run_settings_path(output)
     continuing = options.resume or options.overwrite
     check_output_file(output, continuing, hint="pass --resume to continue it or --overwrite")
     check_output_file(summary_path, continuing)
-    if output.resolve() == summary_path.resolve():
-        raise ExgraError(f"--summary must differ from --output ({output})")
+    outputs = {"--output": output, "--summary": summary_path, "the run settings": settings_path}
+    check_distinct_outputs(outputs)
+    check_not_inputs(outputs, {"--questions": options.questions_path, "--answers": options.answers_path})
     pairs = match_answers(
         read_jsonl(options.questions_path, "questions file", required_key="question_id"),
         read_jsonl(options.answers_path, "answers file", required_key="question_id"),
@@ -227,6 +237,18 @@ def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None
     instruction = load_prompt(options.prompt)
     system_prompt = load_prompt(options.system_prompt)
     wanted = {str(q["question_id"]) for q, _ in pairs}
+    run_settings = {
+        "judge_model": options.settings.model,
+        "temperature": options.settings.temperature,
+        "max_tokens": options.settings.max_tokens,
+        "prompt_sha256": _digest(instruction),
+        "system_prompt_sha256": _digest(system_prompt),
+        "questions_sha256": sha256_file(options.questions_path),
+        "answers_sha256": sha256_file(options.answers_path),
+    }
+    if options.resume and output.exists():
+        # The resume rule: reviews by another judge, prompt or answers file must not be mixed in.
+        check_resume_settings(settings_path, run_settings)
     done = _existing_reviews(output, wanted) if options.resume and output.exists() else []
     done_ids = {str(r["question_id"]) for r in done}
     pending = [(q, a) for q, a in pairs if str(q["question_id"]) not in done_ids]
@@ -235,6 +257,7 @@ def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None
     # Before the reviews file is opened (and truncated by --overwrite): a missing key loses nothing.
     credentials = resolve_credentials(options.settings.base_url, options.env_file) if pending else None
     # the reviews JSONL is itself the journal: one line per judged question, appended and fsynced
+    write_settings(settings_path, run_settings)
     journal = Journal(output, with_header=False)
     journal.open(None, resume=options.resume)
     try:
@@ -248,9 +271,14 @@ def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None
     finally:
         journal.close()
     reviews = done + new
+    if pending and not new and not done:
+        raise ExgraError(
+            f"the judge failed on all {len(pending)} questions, no summary written; check --base-url, "
+            "the key and --timeout, then rerun with --resume"
+        )
     summary = {
         "judge_model": options.settings.model,
-        "prompt_sha256": hashlib.sha256((system_prompt + instruction).encode()).hexdigest()[:16],
+        "prompt_sha256": _digest(system_prompt + instruction),
         "questions": len(pairs),
         "reviewed": len(reviews),
         "failed_question_ids": failed,
@@ -262,23 +290,10 @@ def evaluate_chatbot(options: ChatbotEvalOptions, console: Console | None = None
     return ChatbotEvalReport(summary, output, summary_path, failed, stats)
 
 
-def print_summary(report: ChatbotEvalReport, console: Console | None = None) -> None:
-    from rich.table import Table
+def run_settings_path(output: Path) -> Path:
+    """``reviews.jsonl`` -> ``reviews.run.json``: the settings a ``--resume`` must match."""
+    return output.with_name(output.stem + ".run.json")
 
-    console = console or Console()
-    table = Table(title=f"chatbot judge: {report.summary['judge_model']}")
-    for column in ("category", "n", "gpt4_score", "pred_score", "relative_score"):
-        table.add_column(column, justify="left" if column == "category" else "right")
-    for name, row in report.summary["scores"].items():
-        table.add_row(
-            name, str(row["n"]), f"{row['gpt4_score']:.2f}", f"{row['pred_score']:.2f}",
-            f"{row['relative_score']:.1f}",
-        )  # fmt: skip
-    console.print(table)
-    if report.failed_ids:
-        console.print(
-            f"{len(report.failed_ids)} questions could not be judged ({', '.join(report.failed_ids[:10])}); "
-            "rerun with --resume to retry them",
-            markup=False,
-        )
-    console.print(f"wrote {report.reviews_path} and {report.summary_path}", markup=False)
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

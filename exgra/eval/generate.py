@@ -32,11 +32,14 @@ __all__ = [
     "AnswerGenerator",
     "GeneratedAnswer",
     "GenerationSettings",
+    "ask_generator",
     "ask_model",
     "load_inference_model",
+    "open_image_file",
     "question_text",
     "resolve_device",
     "resolve_dtype",
+    "stop_trigger_ids",
 ]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,9 +77,13 @@ def load_inference_model(
 
     Returns the :class:`exgra.models.ModelBundle`; its tokenizer pads on the left.
     """
+    from transformers.utils import logging as hf_logging
+
     from exgra.models import load_model
 
     path = Path(model_dir)
+    if path.exists() and not path.is_dir():
+        raise ExgraError(f"--model {path} is a file, not a folder; give the folder of a saved model")
     if not path.is_dir():
         raise ExgraError(
             f"model directory not found: {path} (save one with ModelBundle.save or exgra convert)"
@@ -84,7 +91,14 @@ def load_inference_model(
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, reference=_saved_template(path) in REFERENCE_TEMPLATES)
     dtype_name = next(name for name, value in _DTYPES.items() if value == torch_dtype)
-    bundle = load_model(path, dtype=dtype_name)
+    # transformers' "Loading weights" bar on every ask/eval is noise for a model that loads in seconds.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        bundle = load_model(path, dtype=dtype_name)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     bundle.model.to(device=torch_device)
     bundle.model.eval()
     bundle.tokenizer.padding_side = "left"
@@ -116,21 +130,59 @@ class _StopOnStrings(StoppingCriteria):
     continuation, as this does, and exactly as it does: the whole continuation is decoded, and not
     after the first new token (the reference's criterion only records the start length on its first
     call), so a first token holding ``###`` runs one step more before the cut.
+
+    Decoding every row at every step made batched generation scale worse than stock ``generate``; a
+    stop string can only become complete at a step whose new token holds its last character, so after
+    the first check only rows whose newest token is in ``trigger_ids`` are decoded (``None``: every row).
     """
 
-    def __init__(self, tokenizer: Any, stop_strings: Sequence[str], prompt_length: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        stop_strings: Sequence[str],
+        prompt_length: int,
+        trigger_ids: torch.Tensor | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = list(stop_strings)
         self.prompt_length = prompt_length
+        self.trigger_ids = trigger_ids
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
-        if input_ids.shape[1] - self.prompt_length <= 1:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        done = [any(stop in text for stop in self.stop_strings) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        generated = input_ids.shape[1] - self.prompt_length
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if generated <= 1:
+            return done
+        if self.trigger_ids is None or generated == 2:
+            # The first check also sees the first token, which no earlier check looked at.
+            rows = list(range(input_ids.shape[0]))
+        else:
+            newest = input_ids[:, -1]
+            rows = torch.isin(newest, self.trigger_ids.to(newest.device)).nonzero().flatten().tolist()
+        if not rows:
+            return done
+        texts = self.tokenizer.batch_decode(input_ids[rows, self.prompt_length :], skip_special_tokens=True)
+        for row, text in zip(rows, texts, strict=True):
+            if any(stop in text for stop in self.stop_strings):
+                done[row] = True
+        return done
+
+
+def stop_trigger_ids(tokenizer: Any, stop_strings: Sequence[str]) -> torch.Tensor | None:
+    """Ids of the tokens whose text contains the last character of some stop string.
+
+    ``None`` (check every row) when a stop string ends in a non-ASCII character, which a byte-level
+    token may hold only in part.
+    """
+    finals = {stop[-1] for stop in stop_strings if stop}
+    if not finals or any(not char.isascii() for char in finals):
+        return None
+    ids = sorted(tokenizer.get_vocab().values())
+    texts = tokenizer.batch_decode([[token_id] for token_id in ids], skip_special_tokens=True)
+    hits = [token_id for token_id, text in zip(ids, texts, strict=True) if any(c in text for c in finals)]
+    return torch.tensor(hits, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -238,24 +290,60 @@ class AnswerGenerator:
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def _cut(self, text: str) -> str:
-        for stop in self.stop_strings:
+    def _cut(self, text: str, extra_stops: Sequence[str] = ()) -> str:
+        for stop in [*self.stop_strings, *extra_stops]:
             index = text.find(stop)
             if index >= 0:
                 text = text[:index]
         return text.strip()
 
-    @torch.inference_mode()
+    def build_conversation_prompt(
+        self,
+        turns: Sequence[Any],
+        system: str | None = None,
+        images_per_turn: Sequence[int] | None = None,
+    ) -> str:
+        """The prompt of a multi-turn conversation (``exgra serve``, ``exgra ask --chat``); one turn
+        with one image gives exactly :meth:`build_prompt`."""
+        return self.template.conversation_prompt(turns, self.image_tokens, system, images_per_turn)
+
+    @property
+    def trigger_ids(self) -> torch.Tensor | None:
+        """Cached :func:`stop_trigger_ids` of the template's stop strings."""
+        if not hasattr(self, "_trigger_ids"):
+            self._trigger_ids = stop_trigger_ids(self.tokenizer, self.stop_strings)
+        return self._trigger_ids
+
     def generate(self, questions: Sequence[str], pixel_values: torch.Tensor) -> list[GeneratedAnswer]:
         """Answer ``questions`` (one image each, ``pixel_values [B, 3, S, S]``) in one batched call."""
         if len(questions) != pixel_values.shape[0]:
             raise ValueError(f"{len(questions)} questions but {pixel_values.shape[0]} images")
-        if not questions:
+        return self.generate_prompts([self.build_prompt(q) for q in questions], pixel_values)
+
+    @torch.inference_mode()
+    def generate_prompts(
+        self,
+        prompts: Sequence[str],
+        pixel_values: torch.Tensor | None,
+        settings: GenerationSettings | None = None,
+        row_max_new_tokens: Sequence[int] | None = None,
+        row_stop_strings: Sequence[Sequence[str]] | None = None,
+        streamer: Any = None,
+    ) -> list[GeneratedAnswer]:
+        """Continue full ``prompts`` (already rendered, image tokens in place) in one batched call.
+
+        ``pixel_values [I, 3, S, S]`` holds the images of all rows in prompt order (``None`` when no
+        prompt has one). ``settings`` overrides the generator's. Per row, ``row_max_new_tokens`` (at
+        most ``settings.max_new_tokens``) and extra ``row_stop_strings`` cut the answer afterwards;
+        under greedy decoding a row's first tokens do not depend on how long the batch runs, so this
+        equals generating the row alone with its own limits. ``streamer`` is passed to ``generate``.
+        """
+        if not prompts:
             return []
-        inputs = self.encode([self.build_prompt(q) for q in questions])
+        settings = settings or self.settings
+        inputs = self.encode(prompts)
         input_ids = inputs["input_ids"].to(self.device)
         attention_mask = inputs["attention_mask"].to(self.device)
-        settings = self.settings
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
@@ -272,26 +360,45 @@ class AnswerGenerator:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if self.stop_strings:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [_StopOnStrings(self.tokenizer, self.stop_strings, input_ids.shape[1])]
+                [
+                    _StopOnStrings(
+                        self.tokenizer, self.stop_strings, input_ids.shape[1], trigger_ids=self.trigger_ids
+                    )
+                ]
             )
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values.to(device=self.device, dtype=self.dtype),
-            **kwargs,
-        )
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values.to(device=self.device, dtype=self.dtype)
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new_tokens = output[:, input_ids.shape[1] :].cpu()
         answers = []
-        for row in new_tokens:
+        for index, row in enumerate(new_tokens):
+            if row_max_new_tokens is not None:
+                row = row[: row_max_new_tokens[index]]
+            extra_stops = list(row_stop_strings[index]) if row_stop_strings is not None else []
             count = int((row != self.tokenizer.pad_token_id).sum())
             decoded = self.tokenizer.decode(row, skip_special_tokens=True)
-            raw = self._cut(decoded)
+            raw = self._cut(decoded, extra_stops)
             answers.append(GeneratedAnswer(self.template.clean_answer(raw).strip(), raw, count))
         return answers
 
     def answer(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[GeneratedAnswer]:
         """Convenience: preprocess PIL ``images`` and :meth:`generate` (one batch)."""
         return self.generate(questions, self.preprocess(images))
+
+
+def open_image_file(image_path: str | Path) -> Image.Image:
+    """An image file the user named, as RGB (``exgra ask``); one clear error if missing or unreadable."""
+    from exgra.data.records import load_image
+
+    path = Path(image_path)
+    if path.is_dir():
+        raise ExgraError(f"--image {path} is a folder, not an image file")
+    if not path.is_file():
+        raise ExgraError(f"image not found: {path}")
+    resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
+    return load_image(resolved.parent, resolved.name, conversion=None)
 
 
 def ask_model(
@@ -304,17 +411,22 @@ def ask_model(
     device: str = "auto",
 ) -> GeneratedAnswer:
     """Load a model and answer one question about one image file (greedy); the ``exgra ask`` command."""
-    from exgra.data.records import load_image
-
-    path = Path(image_path)
-    if not path.is_file():
-        raise ExgraError(f"image not found: {path}")
     if not question.strip():
         raise ExgraError("the question is empty; pass the question as the last argument")
-    resolved = path.resolve()  # the user named this file: a symlink elsewhere is fine
-    image = load_image(resolved.parent, resolved.name, conversion=None)
+    image = open_image_file(image_path)
+    generator = ask_generator(model_dir, max_new_tokens, template, dtype, device)
+    return generator.answer([question], [image])[0]
+
+
+def ask_generator(
+    model_dir: str | Path,
+    max_new_tokens: int = 256,
+    template: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> AnswerGenerator:
+    """The greedy generator ``exgra ask`` uses."""
     bundle = load_inference_model(model_dir, device=device, dtype=dtype)
-    generator = AnswerGenerator(
+    return AnswerGenerator(
         bundle, template=template, settings=GenerationSettings(max_new_tokens=max_new_tokens)
     )
-    return generator.answer([question], [image])[0]

@@ -20,7 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from exgra import __version__
+from exgra.choices import ScorerName, choices
+from exgra.config import Section
 from exgra.errors import DataError, ExgraError
 from exgra.eval.metrics import (
     LegacyCandidateMatcher,
@@ -39,7 +43,7 @@ from exgra.eval.metrics import (
 )
 from exgra.io import read_json, read_jsonl_lines, write_json_atomic, write_text_atomic
 
-SCORERS: tuple[str, ...] = ("legacy", "strict", "llava-med", "llava-med-pre35")
+SCORERS: tuple[str, ...] = choices(ScorerName)
 # Bump a scorer's version whenever its numbers could change.
 SCORER_VERSIONS: dict[str, str] = {"legacy": "1", "strict": "1", "llava-med": "1", "llava-med-pre35": "1"}
 OPEN_METRICS: tuple[str, ...] = (
@@ -399,3 +403,44 @@ def score_arguments(
         "python_version": sys.version.split()[0],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+class ScoreConfig(Section):
+    """What ``exgra score`` does (validated): score ``answers`` against ``data``, optionally save."""
+
+    data: Path = Field(description="VQA test JSON")
+    answers: Path = Field(description="answers JSONL (question_id, text)")
+    candidates: Path | None = None
+    scorer: ScorerName = "legacy"
+    allow_partial: bool = False
+    output: Path | None = Field(None, description="metrics JSON to write")
+    per_item: Path | None = Field(None, description="per-question results JSONL to write")
+    overwrite: bool = False
+
+
+def run_score(config: ScoreConfig) -> ScoreReport:
+    """The ``exgra score`` entry point: check the outputs first (an output may never be an input), score,
+    then write the metrics and per-item files that were asked for."""
+    from exgra.io import check_output_file
+    from exgra.outputs import check_distinct_outputs, check_not_inputs
+
+    outputs = {"--output": config.output, "--per-item": config.per_item}
+    for path in outputs.values():
+        if path is not None:
+            check_output_file(path, config.overwrite)
+    check_not_inputs(
+        outputs, {"--data": config.data, "--answers": config.answers, "--candidates": config.candidates}
+    )
+    check_distinct_outputs(outputs)
+    report = score_answers(
+        config.data,
+        config.answers,
+        config.candidates,
+        scorer=config.scorer,
+        allow_partial=config.allow_partial,
+    )
+    if config.output is not None:
+        report.save(config.output, overwrite=config.overwrite)
+    if config.per_item is not None:
+        report.save_items(config.per_item, overwrite=config.overwrite)
+    return report

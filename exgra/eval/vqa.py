@@ -30,10 +30,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
+from exgra.choices import DtypeName, ImageAblation, PromptTokenization, ScorerName, TemplateName
 from exgra.config import Section
 from exgra.errors import DataError, ExgraError
 from exgra.io import write_text_atomic
@@ -52,7 +53,20 @@ __all__ = [
 ]
 
 # Settings that change the answers: a resumed run must match them, or the file would mix two runs.
-_RESUME_KEYS = ("model", "data", "template", "generation", "image_ablation", "dataset", "prompt")
+# Every setting that changes an answer; a resumed run must match the recorded one in all of them.
+_RESUME_KEYS = (
+    "model",
+    "data",
+    "images",
+    "dataset",
+    "template",
+    "generation",
+    "image_ablation",
+    "dtype",
+    "device",
+    "batch_size",
+    "prompt",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,22 +232,20 @@ class VQAEvalConfig(Section):
     max_new_tokens: int | None = Field(
         None, ge=1, description="default: 1024 (the reference's) under legacy/mistral_instruct, else 128"
     )
-    template: Literal["legacy", "chat", "mistral_instruct"] | None = Field(
-        None, description="default: the model's own template"
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    template: TemplateName | None = Field(None, description="default: the model's own template")
+    dtype: DtypeName = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (with accelerate: each process's GPU)")
-    prompt_tokenization: Literal["fast", "slow"] = Field(
+    prompt_tokenization: PromptTokenization = Field(
         "fast", description="fast = the reference's eval tokenizer; slow = its training-time tokenisation"
     )
-    image_ablation: Literal["none", "blank", "noise", "shuffle"] = "none"
+    image_ablation: ImageAblation = "none"
     protocol: str = Field("exgra-med", description="evaluation protocol: prompt + decoding + scorer")
     seed: int = 2802
     limit: int | None = Field(None, ge=1, description="answer only the first N questions (smoke tests)")
     overwrite: bool = False
     resume: bool = False
     score: bool = True
-    scorer: Literal["legacy", "llava-med", "llava-med-pre35", "strict"] | None = Field(
+    scorer: ScorerName | None = Field(
         None, description="a scorer variant of the exgra-med protocol (default: the protocol's scorer)"
     )
     candidates: Path | None = Field(None, description="candidate.json for the legacy open-accuracy metric")
@@ -295,14 +307,26 @@ def _end_distributed(world: int, created: bool) -> None:
 
 
 def _check_inputs(config: VQAEvalConfig) -> None:
-    if not config.model.is_dir():
-        raise ExgraError(f"model directory not found: {config.model}")
-    if not config.data.is_file():
-        raise DataError(f"test JSON not found: {config.data}")
-    if not config.images.is_dir():
-        raise DataError(f"image folder not found: {config.images}")
+    from exgra.outputs import check_not_inputs, describe_path
+
+    for option, path, kind, missing in (
+        ("--model", config.model, "folder", "model directory not found"),
+        ("--data", config.data, "file", "test JSON not found"),
+        ("--images", config.images, "folder", "image folder not found"),
+    ):
+        if not (path.is_dir() if kind == "folder" else path.is_file()):
+            found = describe_path(path)
+            if found == "nothing":
+                raise DataError(f"{missing}: {path}")
+            raise DataError(f"{option} {path} is {found}, not a {kind}")
     if config.output.exists() and config.output.is_dir():
-        raise ExgraError(f"--output must be a file path, but {config.output} is a directory")
+        raise ExgraError(f"--output must be a file path, but {config.output} is a folder")
+    outputs = {
+        "--output": config.output,
+        "the run settings": sidecar_path(config.output, "run.json"),
+        "the metrics": sidecar_path(config.output, "metrics.json"),
+    }
+    check_not_inputs(outputs, {"--data": config.data, "--candidates": config.candidates})
 
 
 def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -321,6 +345,9 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
         "template": template,
         "generation": settings,
         "image_ablation": config.image_ablation,
+        "dtype": config.dtype,
+        "device": config.device,
+        "batch_size": config.batch_size,
         "protocol": get_protocol(config.protocol).to_dict(),
         "prompt": get_protocol(config.protocol).prompt,
         "answer_text": "template.clean_answer(raw): stop string cut, assistant role prefix removed; "
@@ -348,18 +375,11 @@ def _model_settings(generator: Any) -> dict[str, Any]:
 
 
 def _check_resumable(info_path: Path, info: dict[str, Any]) -> None:
-    if not info_path.exists():
-        return
-    try:
-        previous = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return
-    changed = [key for key in _RESUME_KEYS if key in previous and previous[key] != info.get(key)]
-    if changed:
-        raise ExgraError(
-            f"cannot resume: {', '.join(changed)} differ from the run recorded in {info_path}; "
-            "pass --overwrite to start over"
-        )
+    """The resume rule (:mod:`exgra.outputs`): every answer-changing setting must match, by name; an
+    unreadable run file is refused (it cannot prove the answers were made the same way)."""
+    from exgra.outputs import check_resume_settings
+
+    check_resume_settings(info_path, info, _RESUME_KEYS)
 
 
 def _prepare_output(config: VQAEvalConfig, shards: AnswerShards, rank: int) -> bool:

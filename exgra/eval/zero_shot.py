@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from exgra.choices import DtypeName, TemplateName, ZeroShotMethod
 from exgra.config import Section
 from exgra.errors import DataError, ExgraError
 from exgra.eval.vqa import (
@@ -215,11 +216,11 @@ class ZeroShotConfig(Section):
     data: list[Path] = Field(description="OmniMedVQA QA JSON files, or folders of them")
     images: Path = Field(description="OmniMedVQA root folder (image_path is relative to it)")
     output: Path = Field(description="predictions JSONL; <stem>.results.json is written beside it")
-    method: Literal["likelihood", "legacy"] = "likelihood"
+    method: ZeroShotMethod = "likelihood"
     length_normalization: Literal["mean", "sum"] = "mean"
     batch_size: int = Field(8, ge=1, description="questions per forward (likelihood) or generate call")
-    template: Literal["legacy", "chat"] | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    template: TemplateName | None = None
+    dtype: DtypeName = "auto"
     device: str = "auto"
     seed: int = 2802
     temperature: float = Field(0.7, gt=0, description="legacy sampling temperature")
@@ -273,12 +274,19 @@ def run_zero_shot(config: ZeroShotConfig) -> ZeroShotResult:
     """Classify every question (resumable: answered ids in the output are kept); write predictions + table."""
     from exgra.data.records import load_image, safe_image_path
     from exgra.eval.generate import AnswerGenerator, GenerationSettings, load_inference_model
+    from exgra.outputs import check_not_inputs, check_resume_settings, describe_path, write_settings
 
     started = time.perf_counter()
+    for option, path in (("--model", config.model), ("--images", config.images)):
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{option} {path} is {describe_path(path)}, not a folder")
     if not config.model.is_dir():
         raise ExgraError(f"model directory not found: {config.model}")
     if not config.images.is_dir():
         raise DataError(f"image folder not found: {config.images}")
+    settings_path = sidecar_path(config.output, "run.json")
+    outputs = {"--output": config.output, "the results": sidecar_path(config.output, "results.json")}
+    check_not_inputs({**outputs, "the run settings": settings_path}, {f"--data {p}": p for p in config.data})
     questions = load_omnimed_questions(config.data)
     if config.limit is not None:
         questions = questions[: config.limit]
@@ -311,8 +319,16 @@ def run_zero_shot(config: ZeroShotConfig) -> ZeroShotResult:
         "generation": settings.to_dict() if legacy else None,
         "model": str(config.model.resolve()),
         "data": [str(path.resolve()) for path in config.data],
+        "images": str(config.images.resolve()),
         "seed": config.seed,
+        "dtype": config.dtype,
+        "device": config.device,
+        "batch_size": config.batch_size,
     }
+    if reuse and (config.output.exists() or shards.has_unfinished_run()):
+        # The resume rule: one answers file never mixes two protocols (e.g. another --method).
+        check_resume_settings(settings_path, info)
+    write_settings(settings_path, info)
     from exgra import __version__
 
     info["exgra_version"] = __version__

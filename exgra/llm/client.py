@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from pydantic import Field
+
+from exgra.config import Section
 from exgra.errors import ExgraError
 from exgra.llm.keys import Credentials, Redactor
 
@@ -25,27 +28,21 @@ class ReplyError(Exception):
     """A reply that arrived but cannot be used (not JSON, missing field, out of range): re-ask."""
 
 
-@dataclass
-class LLMSettings:
-    """How requests are sent. ``max_retries`` bounds transport retries, ``max_reasks`` bad replies."""
+class LLMSettings(Section):
+    """How requests are sent (validated): ``max_retries`` bounds transport retries, ``max_reasks`` bad
+    replies. A ``timeout`` of 0 or less would fail every request, so it is refused here."""
 
-    model: str = "openai/gpt-4o-mini"
+    model: str = Field("openai/gpt-4o-mini", min_length=1)
     base_url: str | None = None
-    concurrency: int = 8
-    max_retries: int = 6
-    max_reasks: int = 3
-    timeout: float = 120.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    retry_after_cap: float = 600.0
-    temperature: float | None = None
-    max_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ExgraError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.max_retries < 0 or self.max_reasks < 0:
-            raise ExgraError("max retries and max re-asks must be zero or more")
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(6, ge=0)
+    max_reasks: int = Field(3, ge=0)
+    timeout: float = Field(120.0, gt=0, allow_inf_nan=False)
+    backoff_base: float = Field(1.0, ge=0)
+    backoff_cap: float = Field(60.0, ge=0)
+    retry_after_cap: float = Field(600.0, ge=0)
+    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
 
 
 @dataclass

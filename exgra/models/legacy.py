@@ -30,13 +30,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPVisionModel, GenerationConfig, LlamaConfig, MistralConfig
 
+from exgra.choices import WeightsDtype
+from exgra.config import Section
 from exgra.errors import ExgraError
-from exgra.io import check_output_dir
 from exgra.models.config import ModelConfig
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaForConditionalGeneration
 from exgra.models.registry import finish_bundle, hub_errors, llava_config_for
 from exgra.models.tokenizer import IMAGE_PATCH_TOKEN, add_image_tokens
+from exgra.outputs import check_output_folder, write_marker
 
 __all__ = ["ConversionResult", "convert_legacy_checkpoint", "legacy_weight_name"]
 
@@ -206,7 +208,10 @@ def convert_legacy_checkpoint(
         raise ExgraError(f"{source} is a file; point SRC at a LLaVA-Med / ExGra-Med checkpoint directory")
     if not source.is_dir():
         raise ExgraError(f"checkpoint directory not found: {source}")
-    check_output_dir(destination, overwrite)
+    # Only an earlier `exgra convert` output, and nothing else, is ever replaced (exgra.outputs).
+    check_output_folder(
+        destination, "convert", overwrite=overwrite, inputs={"SRC": source}, option="DESTINATION"
+    )
     config_path = source / "config.json"
     if not config_path.is_file():
         raise ExgraError(
@@ -314,4 +319,22 @@ def convert_legacy_checkpoint(
     image_processor = ImageProcessor.from_pretrained(tower_source, image_size=tower.config.image_size)
     bundle = finish_bundle(model, tokenizer, image_processor, config)
     path = bundle.save(destination, overwrite=overwrite)
+    write_marker(path, "convert")
     return ConversionResult(path, connector, projector_type, str(tower_source), len(state), ignored)
+
+
+class ConvertConfig(Section):
+    """What ``exgra convert`` does (validated); see :func:`convert_legacy_checkpoint`."""
+
+    source: Path
+    destination: Path
+    vision_tower: str | None = None
+    overwrite: bool = False
+    dtype: WeightsDtype | None = None
+    dense_connector: Literal["dci", "sci"] = "dci"
+    progress: bool = True
+
+
+def run_convert(config: ConvertConfig) -> ConversionResult:
+    """The ``exgra convert`` entry point."""
+    return convert_legacy_checkpoint(**config.model_dump())

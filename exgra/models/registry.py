@@ -546,6 +546,8 @@ def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
     ``text_pooling``, ``padding_side``, ``model_max_length``), not its architecture.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ExgraError(f"model {path} is a file, not a folder; give the folder of a saved model")
     if not path.is_dir():
         raise ExgraError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():
@@ -564,9 +566,17 @@ def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
     config = validate_config(
         ModelConfig, merge_dicts(base.model_dump(), {**overrides, "path": str(path)}), str(path)
     )
-    model = ExgraLlavaForConditionalGeneration.from_pretrained(
-        path, config=hf_config, dtype=_DTYPES[config.dtype]
-    )
+    from safetensors import SafetensorError
+
+    try:
+        model = ExgraLlavaForConditionalGeneration.from_pretrained(
+            path, config=hf_config, dtype=_DTYPES[config.dtype]
+        )
+    except SafetensorError as exc:  # a truncated or damaged weights file (issue #12.10)
+        raise ExgraError(
+            f"the weights in {path} cannot be read ({exc}); the file is damaged or incomplete: "
+            "download or save the model again"
+        ) from exc
     _set_attention(model, config.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = ImageProcessor.from_pretrained(path, image_size=hf_config.vision_config.image_size)

@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import torch
 
+from exgra.alignment.gnn import GraphEncoder
 from exgra.alignment.graphs import (
     edge_affinity,
     edge_features,
@@ -37,6 +38,47 @@ def reference_like_problem(
         gumbel_noise(similarity.shape, 0.05, generator),
         gumbel_noise(edge_similarity.shape, 0.05, generator),
     )
+    return unary, quadratic, edges, edges
+
+
+def pipeline_problem(
+    nodes: int,
+    seed: int,
+    dim: int = 32,
+    noise: float = 1.0,
+    gumbel: bool = True,
+    perturbed: bool = False,
+    k: int = 5,
+    lambda_val: float = 80.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A matching problem as exgra's training step produces it (REFERENCE §2.2–§2.7).
+
+    Three modalities ``base + noise·ε``, their barycenter, the pair (modality -> barycenter): kNN graph of
+    the modality (``k``), both graphs through one random-weight :class:`GraphEncoder` (no dropout),
+    affinities and ``matching_costs`` with Gumbel(0.05) noise (``gumbel``). ``perturbed`` returns the
+    blackbox backward's costs instead: ``C + λ·∂L/∂M`` for the mean of six Hamming losses, i.e.
+    ``C + λ·(1 - 2I)/(6·nodes)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(nodes, dim, generator=generator)
+    modalities = [base + noise * torch.randn(nodes, dim, generator=generator) for _ in range(3)]
+    source, target = modalities[seed % 3], torch.stack(modalities).mean(0)
+    if seed % 2:  # both directions of a pair occur in training
+        source, target = target, source
+    torch.manual_seed(seed)  # the GNN's initialisation
+    gnn = GraphEncoder(dim, dim, dropout=0.0)
+    edges = knn_graph(source, k)
+    with torch.no_grad():
+        hidden = gnn(torch.stack([source, target]), torch.stack([edges, edges]))
+    similarity = vertex_affinity(hidden[0], hidden[1])
+    edge_similarity = edge_affinity(edge_features(hidden[0], edges), edge_features(hidden[1], edges))
+    vertex_noise = edge_noise = None
+    if gumbel:
+        vertex_noise = gumbel_noise(similarity.shape, 0.05, generator)
+        edge_noise = gumbel_noise(edge_similarity.shape, 0.05, generator)
+    unary, quadratic = matching_costs(similarity, edge_similarity, vertex_noise, edge_noise)
+    if perturbed:
+        unary = unary + lambda_val * (1 - 2 * torch.eye(nodes)) / (6 * nodes)
     return unary, quadratic, edges, edges
 
 
@@ -76,7 +118,19 @@ def _all_partial_matchings(n1: int, n2: int) -> np.ndarray:
 
 def brute_force(unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: torch.Tensor) -> float:
     """Exact minimum over all partial injective matchings (n <= 7), vectorised over matchings."""
+    return brute_force_matching(unary, quad, el, er)[1]
+
+
+def brute_force_matching(
+    unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Exact minimiser (0/1 ``[n1, n2]``) and minimum over all partial injective matchings (n <= 7).
+
+    Padding edges (``-1`` in either row) are skipped.
+    """
     u, q, a, b = unary.double().numpy(), quad.double().numpy(), el.numpy(), er.numpy()
+    keep_a, keep_b = (a >= 0).all(0), (b >= 0).all(0)
+    q, a, b = q[keep_a][:, keep_b], a[:, keep_a], b[:, keep_b]
     n1, n2 = u.shape
     sigma = _all_partial_matchings(n1, n2)
     unary_ext = np.concatenate([u, np.zeros((n1, 1))], axis=1)
@@ -87,7 +141,10 @@ def brute_force(unary: torch.Tensor, quad: torch.Tensor, el: torch.Tensor, er: t
     values = unary_ext[np.arange(n1), sigma].sum(1)
     if a.shape[1]:
         values += lookup[np.arange(a.shape[1]), sigma[:, a[0]], sigma[:, a[1]]].sum(1)
-    return float(values.min())
+    best = int(values.argmin())
+    matching = torch.zeros(n1, n2 + 1)
+    matching[torch.arange(n1), torch.from_numpy(sigma[best])] = 1.0
+    return matching[:, :n2], float(values[best])
 
 
 def multi_restart_local_search(

@@ -4,7 +4,8 @@ Serves what ``huggingface_hub.snapshot_download`` 2.x calls:
 ``GET /api/{models|datasets}/{repo}/revision/{rev}``, ``GET /api/{...}/{repo}/tree/{sha}`` and
 ``HEAD/GET /[datasets/]{repo}/resolve/{sha}/{file}`` with ``ETag``, ``X-Repo-Commit`` and ``Range``.
 ``drop_once`` names files whose first GET is cut off after ``drop_after`` bytes (a dropped connection);
-files in ``drop_always`` are cut on every GET.
+files in ``drop_always`` are cut on every GET. Files in ``stall`` send their first 1000 bytes, set
+``stalled`` and then hang until the server stops (a huge file in flight, for Ctrl-C tests).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class StandInHub:
         self.drop_once: set[str] = set()
         self.drop_always: set[str] = set()
         self.drop_after = 1000
+        self.stall: set[str] = set()
+        self.stalled = threading.Event()
+        self._stopping = threading.Event()
         self.range_requests: list[str] = []
         self.file_gets: list[str] = []
         self._server: ThreadingHTTPServer | None = None
@@ -127,6 +131,12 @@ class StandInHub:
                 if self.command == "HEAD":
                     return
                 hub.file_gets.append(filename)
+                if filename in hub.stall:
+                    self.wfile.write(body[:1000])
+                    self.wfile.flush()
+                    hub.stalled.set()
+                    hub._stopping.wait()
+                    return
                 if filename in hub.drop_always or filename in hub.drop_once:
                     hub.drop_once.discard(filename)
                     # a resumed request is cut too (half way), so drop_always never completes
@@ -146,6 +156,7 @@ class StandInHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -138,11 +138,16 @@ def test_refuses_to_overwrite_and_replaces_when_asked(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "mine.txt").write_text("keep")
+    for overwrite in (False, True):  # a folder exgra did not write is never replaced (issue #12)
+        with pytest.raises(ExgraError, match="mine.txt"):
+            build_demo_dataset(target, num_samples=10, overwrite=overwrite)
+        assert [p.name for p in target.iterdir()] == ["mine.txt"]
+        assert (target / "mine.txt").read_text() == "keep"
+    (target / "mine.txt").unlink()
+    build_demo_dataset(target, num_samples=10)
     with pytest.raises(ExgraError, match="--overwrite"):
         build_demo_dataset(target, num_samples=10)
-    assert (target / "mine.txt").read_text() == "keep"
     build_demo_dataset(target, num_samples=10, image_size=32, overwrite=True)
-    assert not (target / "mine.txt").exists()
     assert Image.open(next((target / "images").iterdir())).size == (32, 32)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
 

@@ -187,10 +187,25 @@ def test_missing_source_and_existing_output(vqa_rad_source, tmp_path):
         prepare_dataset("pathvqa", tmp_path / "out", source=tmp_path / "empty")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("mine")
+    # Issue #12.4: --overwrite never deletes files exgra did not write; it refuses, changing nothing.
+    for overwrite in (False, True):
+        with pytest.raises(ExgraError, match="holds no exgra prepare output .*x"):
+            prepare_dataset(
+                "vqa-rad", tmp_path / "taken", source=vqa_rad_source, val_size=6, overwrite=overwrite
+            )
+        assert [p.name for p in (tmp_path / "taken").iterdir()] == ["x"]
+        assert (tmp_path / "taken" / "x").read_bytes() == b"mine"
+    again = tmp_path / "again"
+    prepare_dataset("vqa-rad", again, source=vqa_rad_source, val_size=6)
     with pytest.raises(ExgraError, match="--overwrite"):
-        prepare_dataset("vqa-rad", tmp_path / "taken", source=vqa_rad_source, val_size=6)
-    prepare_dataset("vqa-rad", tmp_path / "taken", source=vqa_rad_source, val_size=6, overwrite=True)
-    assert not (tmp_path / "taken" / "x").exists()
+        prepare_dataset("vqa-rad", again, source=vqa_rad_source, val_size=6)
+    prepare_dataset("vqa-rad", again, source=vqa_rad_source, val_size=7, overwrite=True)
+    assert len(json.loads((again / "val_w_options_new.json").read_text())) == 7
+    (again / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()}
+    with pytest.raises(ExgraError, match="did not write .*notes.txt"):
+        prepare_dataset("vqa-rad", again, source=vqa_rad_source, val_size=6, overwrite=True)
+    assert {p.name: p.read_bytes() for p in again.iterdir() if p.is_file()} == before
 
 
 def test_missing_pyarrow_names_the_extra(vqa_rad_source, tmp_path, monkeypatch):

@@ -269,8 +269,8 @@ def test_cli_score_errors_and_partial(run_exgra, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "first: 2" in result.stderr
     partial = run_exgra("score", "--gt", gt_path, "--pred", pred_path, "--allow-partial")
     assert partial.exit_code == 0 and "left out 1" in partial.stderr
-    unknown = run_exgra("score", "--gt", gt_path, "--pred", pred_path, "--scorer", "bogus")
-    assert unknown.exit_code == 1 and "Unknown scorer" in unknown.stderr
+    unknown = run_exgra("score", "--data", gt_path, "--answers", pred_path, "--scorer", "bogus")
+    assert unknown.exit_code == 2 and "bogus" in unknown.stderr  # a usage error: the choices are shown
 
 
 def _one_error_line(stderr: str) -> bool:
@@ -296,3 +296,22 @@ def test_cli_input_and_output_mistakes(tmp_path: Path, files: tuple[Path, Path],
         # rich wraps long lines of the one error message; compare the words
         assert _one_error_line(result.stderr) and re.search(message, " ".join(result.stderr.split()))
     assert blocker.read_text() == "keep me" and not Path("m.json").exists()
+
+
+def test_cli_output_may_not_be_an_input(tmp_path: Path, files: tuple[Path, Path], run_exgra) -> None:
+    """Issue #12.3: ``--answers X --output X --overwrite`` must refuse and leave the answers as they were."""
+    gt, pred = files
+    before = pred.read_bytes()
+    for option in ("--output", "--per-item"):
+        result = run_exgra("score", "--data", gt, "--answers", pred, option, pred, "--overwrite")
+        assert result.exit_code == 1 and _one_error_line(result.stderr)
+        assert "is also the input --answers" in " ".join(result.stderr.split())
+        assert pred.read_bytes() == before
+    gt_before = gt.read_bytes()
+    result = run_exgra("score", "--gt", gt, "--pred", pred, "-o", gt, "--overwrite")  # old spellings
+    assert result.exit_code == 1 and "is also the input --data" in " ".join(result.stderr.split())
+    assert gt.read_bytes() == gt_before
+    both = run_exgra("score", "--data", gt, "--gt", gt, "--answers", pred)
+    assert both.exit_code == 2 and "old spelling" in both.stderr
+    missing = run_exgra("score", "--answers", pred)
+    assert missing.exit_code == 2 and "--data" in missing.stderr

@@ -73,7 +73,7 @@ def test_existing_output_is_refused_then_resumed_or_overwritten(setup, tmp_path:
     resumed = run_vqa_eval(_config(setup, output, limit=8, resume=True, score=False))
     assert (resumed.num_generated, resumed.num_resumed) == (3, 5)
     assert output.read_text().startswith(before)  # the five earlier answers are kept as they were
-    with pytest.raises(ExgraError, match="cannot resume: generation"):
+    with pytest.raises(ExgraError, match="cannot resume .*generation was"):
         run_vqa_eval(_config(setup, output, limit=8, resume=True, max_new_tokens=9, score=False))
     replaced = run_vqa_eval(_config(setup, output, limit=4, overwrite=True, score=False))
     assert replaced.num_generated == 4 and len(read_jsonl(output)) == 4
@@ -209,3 +209,42 @@ def test_two_processes_shard_and_merge_in_question_order(setup, tmp_path: Path) 
     assert [line["text"] for line in lines] == [line["text"] for line in read_jsonl(single)]
     assert json.loads((tmp_path / "sharded.run.json").read_text())["num_processes"] == 2
     assert not list(tmp_path.glob("sharded.jsonl.part-*"))
+
+
+def test_resume_checks_every_setting_and_refuses_an_unreadable_run_file(setup, tmp_path: Path) -> None:
+    """Issue #13.3: a resumed eval refuses any answer-changing setting by name; a damaged run.json too."""
+    output = tmp_path / "answers.jsonl"
+    run_vqa_eval(_config(setup, output, limit=3, score=False))
+    before = output.read_bytes()
+    for change, name in (({"batch_size": 2}, "batch_size"), ({"image_ablation": "blank"}, "image_ablation")):
+        with pytest.raises(ExgraError, match=f"cannot resume .*{name} was"):
+            run_vqa_eval(_config(setup, output, limit=4, resume=True, score=False, **change))
+    assert output.read_bytes() == before
+    (tmp_path / "answers.run.json").write_text('{"model": ')
+    with pytest.raises(ExgraError, match="unreadable"):
+        run_vqa_eval(_config(setup, output, limit=4, resume=True, score=False))
+    assert output.read_bytes() == before
+
+
+def test_decompression_bomb_and_wrong_kind_paths_are_one_line(setup, tmp_path: Path, run_exgra) -> None:
+    """Issue #12.10/#12.14: an image declaring 60000 x 60000 pixels; a file given for a folder."""
+    from tests.bad_files import png_declaring
+
+    model, demo = setup
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "bomb.png").write_bytes(png_declaring(60000, 60000))
+    data = tmp_path / "test.json"
+    record = json.loads(Path(demo.test).read_text())[0]
+    data.write_text(json.dumps([{**record, "image": "bomb.png"}]))
+    result = run_exgra(
+        "eval", "vqa", "--model", model, "--data", data, "--images", images, "-o", tmp_path / "a.jsonl"
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "decompression bomb" in " ".join(result.stderr.split())
+    result = run_exgra(
+        "eval", "vqa", "--model", model, "--data", data, "--images", data, "-o", tmp_path / "b.jsonl"
+    )
+    assert (
+        result.exit_code == 1 and "--images" in result.stderr and "is a file, not a folder" in result.stderr
+    )

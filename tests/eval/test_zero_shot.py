@@ -218,3 +218,22 @@ def test_cli_prints_the_table(setup, tmp_path: Path, run_exgra) -> None:
         tmp_path / "q",
     )
     assert missing.exit_code == 1 and "model directory not found" in missing.stderr
+
+
+def test_resume_refuses_another_method_by_name(setup, tmp_path: Path) -> None:
+    """Issue #13.3: one predictions file never mixes two protocols."""
+    model_dir, root, qa = setup
+    output = tmp_path / "z.jsonl"
+    base = dict(model=model_dir, data=[qa], images=root, output=output, progress=False, limit=2)
+    run_zero_shot(ZeroShotConfig(**base))
+    before = output.read_bytes()
+    with pytest.raises(ExgraError, match='method was "likelihood", now "legacy"'):
+        run_zero_shot(ZeroShotConfig(**base, method="legacy", max_new_tokens=4, resume=True))
+    with pytest.raises(ExgraError, match="length_normalization was"):
+        run_zero_shot(ZeroShotConfig(**base, length_normalization="sum", resume=True))
+    assert output.read_bytes() == before
+    resumed = run_zero_shot(ZeroShotConfig(**{**base, "limit": 3}, resume=True))
+    assert resumed.num_generated == 1
+    (tmp_path / "z.run.json").write_text("{not json")
+    with pytest.raises(ExgraError, match="unreadable"):
+        run_zero_shot(ZeroShotConfig(**base, resume=True))

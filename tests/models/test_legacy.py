@@ -202,20 +202,25 @@ def test_convert_cli_errors(tmp_path, run_exgra):
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("user data")
+    for extra in ((), ("--overwrite",)):  # a folder exgra did not write is never replaced (issue #12)
+        refused = run_exgra("convert", source, existing, "--vision-tower", tower_dir, *extra)
+        assert refused.exit_code == 1 and "keep.txt" in refused.stderr
+        assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+        assert (existing / "keep.txt").read_text() == "user data"
+    (existing / "keep.txt").unlink()
+    assert run_exgra("convert", source, existing, "--vision-tower", tower_dir).exit_code == 0
     refused = run_exgra("convert", source, existing, "--vision-tower", tower_dir)
     assert refused.exit_code == 1 and "--overwrite" in refused.stderr
-    assert (existing / "keep.txt").read_text() == "user data"
     replaced = run_exgra(
         "convert", source, existing, "--vision-tower", tower_dir, "--overwrite", "--dtype", "bfloat16"
     )
     assert replaced.exit_code == 0, replaced.stderr
-    assert not (existing / "keep.txt").exists()
     assert load_model(existing).model.dtype == torch.bfloat16
 
     offline = run_exgra("convert", source, tmp_path / "out2", "--vision-tower", tmp_path / "no-clip")
     assert offline.exit_code == 1 and "vision tower" in offline.stderr
     bad_dtype = run_exgra("convert", source, tmp_path / "out3", "--dtype", "int8")
-    assert bad_dtype.exit_code == 1 and "--dtype" in bad_dtype.stderr
+    assert bad_dtype.exit_code == 2 and "--dtype" in bad_dtype.stderr  # a usage error: choices shown
     usage = run_exgra("convert")
     assert usage.exit_code == 2
 

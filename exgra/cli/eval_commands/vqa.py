@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from exgra.choices import ImageAblation, PromptTokenization, ScorerName
+from exgra.cli.options import Device, Dtype, Images, Limit, ModelDir, Overwrite, Template
 
 DATASETS = {
     "vqa-rad": "VQA-RAD",
@@ -32,61 +36,78 @@ def print_metrics_table(metrics: dict, title: str) -> None:
 
 def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signature
     def command(
-        model: Path = typer.Option(..., "--model", help="Directory of a saved exgra model."),
-        data: Path = typer.Option(..., "--data", help="Test JSON (records with id, image, conversations)."),
-        images: Path = typer.Option(..., "--images", help="Folder the records' image paths are relative to."),
-        output: Path = typer.Option(..., "--output", "-o", help="Answers JSONL to write."),
-        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generate call."),
-        max_new_tokens: int | None = typer.Option(
-            None,
-            "--max-new-tokens",
-            min=1,
-            help="Longest answer in tokens (default: 1024 like the reference under legacy, else 128).",
-        ),
-        template: str | None = typer.Option(
-            None,
-            "--template",
-            help="Conversation template: legacy, chat or mistral_instruct (default: the model's own).",
-        ),
-        dtype: str = typer.Option(
-            "auto",
-            "--dtype",
-            help="auto (fp32 CPU; GPU: fp16 under legacy like the reference, else bf16) or a dtype.",
-        ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        image_ablation: str = typer.Option(
-            "none", "--image-ablation", help="Blind-image control: none, blank, noise or shuffle."
-        ),
-        protocol: str = typer.Option(
-            "exgra-med",
-            "--protocol",
-            help="Prompt + decoding + scorer: exgra-med, llava-med, medevalkit, tokenized-f1, strict.",
-        ),
-        controls: str | None = typer.Option(
-            None,
-            "--controls",
-            help="Also answer with blank, noise and/or shuffled images (comma-separated) and report "
-            "image reliance.",
-        ),
-        scorer: str | None = typer.Option(
-            None, "--scorer", help="exgra-med scorer variant: legacy, llava-med, llava-med-pre35, strict."
-        ),
-        prompt_tokenization: str = typer.Option(
-            "fast",
-            "--prompt-tokenization",
-            help="fast (the reference's eval tokenizer) or slow (its training-time tokenisation).",
-        ),
-        candidates: Path | None = typer.Option(None, "--candidates", help="candidate.json (open accuracy)."),
-        judge_model: str | None = typer.Option(
-            None, "--judge-model", help="LLM judge for open answers (medevalkit protocol)."
-        ),
-        judge_base_url: str | None = typer.Option(None, "--judge-base-url", help="Endpoint of the judge."),
-        no_score: bool = typer.Option(False, "--no-score", help="Only write answers; do not score them."),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
-        seed: int = typer.Option(2802, "--seed", help="Seed recorded with the run (the reference's 2802)."),
-        resume: bool = typer.Option(False, "--resume", help="Keep the output; answer missing ids."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        model: ModelDir,
+        data: Annotated[
+            Path, typer.Option("--data", help="Test JSON (records with id, image, conversations).")
+        ],
+        images: Images,
+        output: Annotated[Path, typer.Option("--output", "-o", help="Answers JSONL to write.")],
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", min=1, help="Questions per generate call.")
+        ] = 16,
+        max_new_tokens: Annotated[
+            int | None,
+            typer.Option(
+                "--max-new-tokens",
+                min=1,
+                help="Longest answer in tokens (default: 1024 like the reference under legacy, else 128).",
+            ),
+        ] = None,
+        template: Template = None,
+        dtype: Dtype = "auto",
+        device: Device = "auto",
+        image_ablation: Annotated[
+            ImageAblation,
+            typer.Option("--image-ablation", help="Blind-image control: none, blank, noise or shuffle."),
+        ] = "none",
+        prompt_tokenization: Annotated[
+            PromptTokenization,
+            typer.Option(
+                "--prompt-tokenization",
+                help="fast (the reference's eval tokenizer) or slow (its training-time tokenisation).",
+            ),
+        ] = "fast",
+        protocol: Annotated[
+            str,
+            typer.Option(
+                "--protocol",
+                help="Prompt + decoding + scorer: exgra-med, llava-med, medevalkit, tokenized-f1, strict.",
+            ),
+        ] = "exgra-med",
+        controls: Annotated[
+            str | None,
+            typer.Option(
+                "--controls",
+                help="Also answer with blank, noise and/or shuffled images (comma-separated) and report "
+                "image reliance.",
+            ),
+        ] = None,
+        scorer: Annotated[
+            ScorerName,
+            typer.Option("--scorer", help="exgra-med scorer variant (see exgra score --help)."),
+        ] = "legacy",
+        judge_model: Annotated[
+            str | None, typer.Option("--judge-model", help="LLM judge for open answers (medevalkit).")
+        ] = None,
+        judge_base_url: Annotated[
+            str | None, typer.Option("--judge-base-url", help="Endpoint of the judge.")
+        ] = None,
+        candidates: Annotated[
+            Path | None, typer.Option("--candidates", help="candidate.json (open accuracy).")
+        ] = None,
+        no_score: Annotated[
+            bool, typer.Option("--no-score", help="Only write answers; do not score them.")
+        ] = False,
+        limit: Limit = None,
+        seed: Annotated[
+            int, typer.Option("--seed", help="Seed recorded with the run (the reference's 2802).")
+        ] = 2802,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="Keep the output; answer missing ids (same settings).")
+        ] = False,
+        overwrite: Overwrite = False,
     ) -> None:
+        from exgra.cli import set_interrupt_hint
         from exgra.config import validate_config
         from exgra.eval.controls import parse_controls, run_controls
         from exgra.eval.vqa import VQAEvalConfig, run_vqa_eval
@@ -109,7 +130,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "image_ablation": image_ablation,
                 "protocol": protocol,
                 "prompt_tokenization": prompt_tokenization,
-                "scorer": scorer,
+                "scorer": None if scorer == "legacy" and protocol != "exgra-med" else scorer,
                 "candidates": candidates,
                 "judge_model": judge_model,
                 "judge_base_url": judge_base_url,
@@ -125,6 +146,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             from exgra.errors import ConfigError
 
             raise ConfigError("--controls compares with the real image: leave --image-ablation at none")
+        set_interrupt_hint("finished answers are kept: rerun with --resume to continue")
         result = run_vqa_eval(config)
         reliance = run_controls(config, control_names) if control_names else None
         if result.process_index != 0:

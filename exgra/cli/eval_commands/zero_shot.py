@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
+
+from exgra.choices import ZeroShotMethod
+from exgra.cli.options import Device, Dtype, Limit, ModelDir, Overwrite, Template
 
 
 def print_accuracy_table(rows: list[dict[str, Any]], title: str) -> None:
@@ -29,30 +32,47 @@ def print_accuracy_table(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def zero_shot(
-    model: Path = typer.Option(..., "--model", help="Directory of a saved exgra model."),
-    data: list[Path] = typer.Option(..., "--data", help="OmniMedVQA QA JSON file or folder (repeatable)."),
-    images: Path = typer.Option(..., "--images", help="OmniMedVQA root; image_path is relative to it."),
-    output: Path = typer.Option(..., "--output", "-o", help="Predictions JSONL (results JSON beside it)."),
-    method: str = typer.Option("likelihood", "--method", help="likelihood (deterministic) or legacy."),
-    legacy: bool = typer.Option(False, "--legacy", help="Reference protocol: sampling + difflib."),
-    normalization: str = typer.Option(
-        "mean", "--length-normalization", help="Option score: mean (per token) or sum of log-probs."
-    ),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Questions per forward pass."),
-    template: str | None = typer.Option(None, "--template", help="legacy or chat (default: the model's)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp32 CPU, bf16 GPU) or a dtype."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    seed: int = typer.Option(2802, "--seed", help="Seed of the legacy sampling."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Legacy sampling temperature."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Legacy answer length."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the output; classify missing ids."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    model: ModelDir,
+    data: Annotated[
+        list[Path], typer.Option("--data", help="OmniMedVQA QA JSON file or folder (repeatable).")
+    ],
+    images: Annotated[Path, typer.Option("--images", help="OmniMedVQA root; image_path is relative to it.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Predictions JSONL (results JSON beside it).")
+    ],
+    method: Annotated[
+        ZeroShotMethod | None,
+        typer.Option("--method", help="likelihood (deterministic; the default) or legacy."),
+    ] = None,
+    legacy: Annotated[
+        bool, typer.Option("--legacy", help="Same as --method legacy: sampling + difflib (the reference).")
+    ] = False,
+    normalization: Annotated[
+        Literal["mean", "sum"],
+        typer.Option("--length-normalization", help="Option score: mean (per token) or sum of log-probs."),
+    ] = "mean",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per forward pass.")] = 8,
+    template: Template = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the legacy sampling.")] = 2802,
+    temperature: Annotated[float, typer.Option("--temperature", help="Legacy sampling temperature.")] = 0.7,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Legacy answer length.")
+    ] = 256,
+    limit: Limit = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the output; classify missing ids (same settings).")
+    ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Zero-shot multiple-choice accuracy per dataset; options scored by log-likelihood by default."""
+    from exgra.cli import set_interrupt_hint
     from exgra.config import validate_config
     from exgra.eval.zero_shot import ZeroShotConfig, run_zero_shot
 
+    if legacy and method not in (None, "legacy"):  # issue #12.8: conflicting flags are refused
+        raise typer.BadParameter(f"--legacy means --method legacy; it conflicts with --method {method}")
     config = validate_config(
         ZeroShotConfig,
         {
@@ -60,7 +80,7 @@ def zero_shot(
             "data": data,
             "images": images,
             "output": output,
-            "method": "legacy" if legacy else method,
+            "method": "legacy" if legacy else (method or "likelihood"),
             "length_normalization": normalization,
             "batch_size": batch_size,
             "template": template,
@@ -75,6 +95,7 @@ def zero_shot(
         },
         "command-line options",
     )
+    set_interrupt_hint("finished predictions are kept: rerun with --resume to continue")
     result = run_zero_shot(config)
     how = "legacy sampling + difflib" if config.method == "legacy" else f"log-likelihood ({normalization})"
     print_accuracy_table(result.rows, f"zero-shot accuracy — {how}")
