@@ -28,7 +28,7 @@ PromptTokenization = Literal["fast", "slow"]  # the reference's eval tokenizer, 
 ScorerName = Literal["legacy", "strict", "llava-med", "llava-med-pre35"]
 OnFailure = Literal["skip", "keep-original"]
 ZeroShotMethod = Literal["likelihood", "legacy"]
-ImageAblation = Literal["none", "blank", "noise"]
+ImageAblation = Literal["none", "blank", "noise", "shuffle"]
 
 
 def choices(literal: object) -> tuple[str, ...]:

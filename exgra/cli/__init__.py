@@ -54,6 +54,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finetune",
     "eval",
     "score",
+    "report",
     "ask",
     "serve",
     "prepare",

@@ -97,10 +97,23 @@ def demo(
         console.print(f"stopped; rerun the same command to resume from {output_dir}", style="yellow")
         raise typer.Exit(130)
     console.print(results_table(result.summary))
+    _print_reliance(console, output_dir, settings)
     console.print(
         f"report: {result.report_path}\nplot:   {result.plot_path}\ntook {result.seconds:.0f} s",
         highlight=False,
     )
+
+
+def _print_reliance(console, output_dir: Path, settings) -> None:  # noqa: ANN001 - rich Console, DemoSettings
+    import json
+
+    from exgra.demo.report import reliance_files
+    from exgra.demo.settings import ARMS
+    from exgra.eval.controls import RelianceReport
+
+    for arm, path in reliance_files(output_dir, settings).items():
+        report = RelianceReport(json.loads(path.read_text(encoding="utf-8")))
+        console.print(report.rich_table(f"image reliance: {ARMS[arm]}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -142,7 +142,8 @@ class _Pipeline:
         self.quiet = quiet
         self.data = output_dir / DATA_DIR
         per_run = 1 + len(ARMS) * 4  # stage 1, then stage 2, fine-tune, eval, score per arm
-        self.total = 1 + len(settings.fractions) * settings.seeds * per_run
+        # + the image-reliance controls of both arms, once (seed 0, largest fraction): keeps the demo fast
+        self.total = 1 + len(settings.fractions) * settings.seeds * per_run + len(ARMS)
         self.index = 0
         timings_path = output_dir / TIMINGS_FILE
         self.timings: dict[str, float] = (
@@ -278,11 +279,20 @@ class _Pipeline:
                 metrics.is_file(),
                 lambda answers=answers, metrics=metrics: self._score(answers, metrics),
             )
+            if seed == 0 and fraction == s.fractions[-1]:
+                self._phase(
+                    f"{key}/reliance",
+                    f"{label}, {arm_label}: image reliance",
+                    (folder / "answers.reliance.json").is_file(),
+                    lambda finetune=finetune, answers=answers, folder=folder: self._reliance(
+                        finetune, answers, folder
+                    ),
+                )
 
-    def _evaluate(self, finetune: Path, answers: Path, folder: Path) -> None:
-        from exgra.eval.vqa import VQAEvalConfig, run_vqa_eval
+    def _eval_config(self, finetune: Path, answers: Path) -> Any:
+        from exgra.eval.vqa import VQAEvalConfig
 
-        config = VQAEvalConfig(
+        return VQAEvalConfig(
             model=finetune / "final",
             data=self.data / "test.json",
             images=self.data / "images",
@@ -294,9 +304,21 @@ class _Pipeline:
             resume=True,
             score=False,
             progress=not self.quiet,
+            scorer=self.settings.scorer,
+            candidates=self.data / "candidate.json",
         )
+
+    def _evaluate(self, finetune: Path, answers: Path, folder: Path) -> None:
+        from exgra.eval.vqa import run_vqa_eval
+
         with _phase_log(folder / "eval.log", self.quiet):
-            run_vqa_eval(config)
+            run_vqa_eval(self._eval_config(finetune, answers))
+
+    def _reliance(self, finetune: Path, answers: Path, folder: Path) -> None:
+        from exgra.eval.controls import CONTROLS, run_controls
+
+        with _phase_log(folder / "reliance.log", self.quiet):
+            run_controls(self._eval_config(finetune, answers), CONTROLS)
 
     def _score(self, answers: Path, metrics: Path) -> None:
         from exgra.eval.scoring import score_answers

@@ -180,6 +180,30 @@ def _timing_section(timings: dict[str, float]) -> list[str]:
     return lines
 
 
+def reliance_files(output_dir: Path, settings: DemoSettings) -> dict[str, Path]:
+    """Arm -> the image-reliance JSON of its seed-0, largest-fraction run (those that exist)."""
+    base = Path(output_dir) / fraction_name(settings.fractions[-1]) / "seed0"
+    paths = {arm: base / arm / "answers.reliance.json" for arm in ARMS}
+    return {arm: path for arm, path in paths.items() if path.is_file()}
+
+
+def _reliance_section(output_dir: Path, settings: DemoSettings) -> list[str]:
+    from exgra.eval.controls import RelianceReport
+
+    lines = [
+        f"## Image reliance ({_percent(settings.fractions[-1])} data, seed 0)",
+        "",
+        "The test split answered again with a blank (grey) image, seeded noise, and another question's "
+        "image (`exgra eval ... --controls blank,noise,shuffle`). A model that ignores the image keeps its "
+        "answers (unchanged 100 %, drop 0).",
+        "",
+    ]
+    for arm, path in reliance_files(output_dir, settings).items():
+        report = RelianceReport(json.loads(path.read_text(encoding="utf-8")))
+        lines.append(report.markdown(ARMS[arm]))
+    return lines
+
+
 def _settings_section(settings: DemoSettings) -> list[str]:
     lines = ["## Settings", "", "| setting | value |", "|---|---|"]
     for key, value in settings.model_dump(mode="json").items():
@@ -266,6 +290,7 @@ def write_report(
             f"[{relative}]({relative}) |"
         )
     lines.append("")
+    lines += _reliance_section(output_dir, settings)
     lines += _dataset_section(output_dir / DATA_DIR_NAME)
     lines += _settings_section(settings)
     lines += _timing_section(timings)

@@ -379,20 +379,31 @@ def score_answers(
     pairs, left_out = match_records(ground_truth, predictions, allow_partial)
     items = [ScoreItem(pred.text, gt.answer, gt.answer_type, gt.question, gt.id) for gt, pred in pairs]
     metrics, results = _score(items, scorer, candidates)
-    arguments = {
+    arguments = score_arguments(gt_path, pred_path, candidates_path, allow_partial, len(pairs), left_out)
+    arguments.update(scorer=scorer, scorer_version=SCORER_VERSIONS[scorer])
+    return ScoreReport(metrics, results, arguments, left_out)
+
+
+def score_arguments(
+    gt_path: str | Path,
+    pred_path: str | Path,
+    candidates_path: str | Path | None,
+    allow_partial: bool,
+    num_scored: int,
+    left_out: list[str],
+) -> dict[str, Any]:
+    """The ``arguments`` block of a metrics JSON: resolved files, counts, versions, time."""
+    return {
         "gt": str(Path(gt_path).resolve()),
         "pred": str(Path(pred_path).resolve()),
         "candidates": str(Path(candidates_path).resolve()) if candidates_path is not None else None,
-        "scorer": scorer,
-        "scorer_version": SCORER_VERSIONS[scorer],
         "allow_partial": allow_partial,
-        "num_scored": len(pairs),
+        "num_scored": num_scored,
         "num_left_out": len(left_out),
         "exgra_version": __version__,
         "python_version": sys.version.split()[0],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return ScoreReport(metrics, results, arguments, left_out)
 
 
 class ScoreConfig(Section):

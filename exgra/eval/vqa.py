@@ -68,6 +68,7 @@ _RESUME_KEYS = (
     "dtype",
     "device",
     "batch_size",
+    "prompt",
 )
 
 
@@ -97,13 +98,18 @@ class VQAEvalConfig(Section):
         "fast", description="fast = the reference's eval tokenizer; slow = its training-time tokenisation"
     )
     image_ablation: ImageAblation = "none"
+    protocol: str = Field("exgra-med", description="evaluation protocol: prompt + decoding + scorer")
     seed: int = 2802
     limit: int | None = Field(None, ge=1, description="answer only the first N questions (smoke tests)")
     overwrite: bool = False
     resume: bool = False
     score: bool = True
-    scorer: ScorerName = "legacy"
+    scorer: ScorerName | None = Field(
+        None, description="a scorer variant of the exgra-med protocol (default: the protocol's scorer)"
+    )
     candidates: Path | None = Field(None, description="candidate.json for the legacy open-accuracy metric")
+    judge_model: str | None = Field(None, description="LLM judge of open answers (medevalkit protocol)")
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the judge")
     progress: bool = True
 
 
@@ -162,6 +168,7 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
     import transformers
 
     from exgra import __version__
+    from exgra.eval.protocols import get_protocol
 
     return {
         "exgra_version": __version__,
@@ -175,6 +182,8 @@ def _run_info(config: VQAEvalConfig, template: str, settings: dict[str, Any]) ->
         "dtype": config.dtype,
         "device": config.device,
         "batch_size": config.batch_size,
+        "protocol": get_protocol(config.protocol).to_dict(),
+        "prompt": get_protocol(config.protocol).prompt,
         "answer_text": "template.clean_answer(raw): stop string cut, assistant role prefix removed; "
         "metadata.raw_text keeps the reference's text when it differs",
         "torch": torch.__version__,
@@ -247,11 +256,16 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
     Safe to call again after an interruption: answered ids are skipped. Launch it with
     ``accelerate launch -m exgra eval ...`` (or ``torchrun``) to shard the questions across processes.
     """
-    from exgra.data.records import load_image, vqa_question
-    from exgra.eval.ablation import ablate_image
+    from exgra.data.records import load_image, vqa_answer, vqa_question
+    from exgra.eval.ablation import ablate_image, shuffled_images
     from exgra.eval.generate import AnswerGenerator, GenerationSettings, load_inference_model
+    from exgra.eval.protocol_scoring import protocol_scorer
+    from exgra.eval.protocols import ask, get_protocol
 
     started = time.perf_counter()
+    protocol = get_protocol(config.protocol)
+    protocol_scorer(protocol, config.scorer)  # an impossible combination fails before any work
+    prompt_style = protocol.prompt
     _check_inputs(config)
     import torch.distributed as dist
 
@@ -284,17 +298,20 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
     barrier()  # everyone has read the same "done" set before anyone appends
 
     remaining = [r for r in records if _key(r.id) not in done]
-    questions = {_key(r.id): vqa_question(r) for r in remaining}
+    questions = {_key(r.id): ask(prompt_style, vqa_question(r), vqa_answer(r)) for r in remaining}
+    # Under the shuffle control a question is shown another question's image (the same in every process).
+    image_of = {_key(r.id): str(r.image) for r in records}
+    if config.image_ablation == "shuffle":
+        image_of = shuffled_images(image_of.items(), config.seed)
     lengths = generator.prompt_lengths([questions[_key(r.id)] for r in remaining]) if remaining else []
     order = sorted(range(len(remaining)), key=lambda i: (lengths[i], i))
     mine = [remaining[i] for i in order][rank::world]
     model_id = str(config.model)
 
     def load_batch(batch: list[Any]) -> Any:
+        mode, seed = config.image_ablation, config.seed
         images = [
-            ablate_image(
-                load_image(config.images, r.image, None), config.image_ablation, _key(r.id), config.seed
-            )
+            ablate_image(load_image(config.images, image_of[_key(r.id)], None), mode, _key(r.id), seed)
             for r in batch
         ]
         return generator.preprocess(images)
@@ -360,10 +377,22 @@ def run_vqa_eval(config: VQAEvalConfig) -> VQAEvalResult:
 
 
 def _score(config: VQAEvalConfig, info: dict[str, Any]) -> tuple[dict[str, Any], Path]:
-    from exgra.eval.scoring import score_answers
+    from exgra.eval.protocol_scoring import score_protocol
 
-    report = score_answers(
-        config.data, config.output, candidates_path=config.candidates, scorer=config.scorer
+    judge = None
+    if config.judge_model is not None:
+        from exgra.eval.judge import judge_settings
+
+        journal = sidecar_path(config.output, "judge.jsonl")
+        judge = judge_settings(config.judge_model, config.judge_base_url, journal)
+    report = score_protocol(
+        config.data,
+        config.output,
+        config.protocol,
+        candidates_path=config.candidates,
+        scorer=config.scorer,
+        judge=judge,
+        allow_partial=config.limit is not None,  # --limit answers only the first N questions
     )
     metrics_path = sidecar_path(config.output, "metrics.json")
     payload = {**report.to_dict(), "run": info}

@@ -38,7 +38,8 @@ def _metrics(output: Path) -> dict[tuple[str, str], dict]:
 def test_every_phase_runs_once_in_order(demo_run):
     _, result, events = demo_run
     assert not result.interrupted
-    assert [e.index for e in events] == list(range(1, 20)) and all(e.total == 19 for e in events)
+    # 1 + 2 fractions x (1 + 2 arms x 4) + the image-reliance controls of both arms once
+    assert [e.index for e in events] == list(range(1, 22)) and all(e.total == 21 for e in events)
     assert not any(e.skipped for e in events)
     assert events[0].name == "demo dataset" and "stage 1" in events[1].name
     assert [e.name.rsplit(": ", 1)[-1] for e in events[2:6]] == [
@@ -165,7 +166,8 @@ def test_cli_resumes_and_prints_the_results_table(demo_run, run_exgra):
     output, _, _ = demo_run
     result = run_exgra("demo", *CLI_REDUCED, "--output-dir", output)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.count("done before") == 19
+    assert result.stdout.count("done before") == 21
+    assert result.stdout.count("image reliance: ") == len(ARMS)
     metrics = _metrics(output)
     table = result.stdout[result.stdout.index("test-split scores") :]
     for values in metrics.values():
@@ -200,3 +202,20 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert rows[0].closed_accuracy == Stat(None, None, 0) and rows[0].closed_accuracy.format() == "-"
     assert exgra.closed_accuracy.format() == "60.00 ± 10.00"
     assert Stat.of([12.345]).format() == "12.35"
+
+
+def test_report_has_the_image_reliance_table_of_both_arms(demo_run):
+    output, result, _ = demo_run
+    report = result.report_path.read_text()
+    assert "## Image reliance (100 % data, seed 0)" in report
+    for arm in ARMS:
+        data = json.loads((output / "100pct" / "seed0" / arm / "answers.reliance.json").read_text())
+        assert set(data["groups"]["all"]["controls"]) == {"blank", "noise", "shuffle"}
+        # The real-image score of the reliance table is the score of the demo's own metrics file.
+        metrics = json.loads((output / "100pct" / "seed0" / arm / "metrics.json").read_text())
+        open_n, closed_n = metrics["num_open"], metrics["num_closed"]
+        per_question = (metrics["recall"] * open_n + metrics["closed_accuracy"] * closed_n) / (
+            open_n + closed_n
+        )
+        assert data["groups"]["all"]["real"] == pytest.approx(per_question)
+    assert report.count("| all |") == 3 * len(ARMS)

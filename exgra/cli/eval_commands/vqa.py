@@ -58,7 +58,7 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
         device: Device = "auto",
         image_ablation: Annotated[
             ImageAblation,
-            typer.Option("--image-ablation", help="Blind-image control: none, blank (grey image) or noise."),
+            typer.Option("--image-ablation", help="Blind-image control: none, blank, noise or shuffle."),
         ] = "none",
         prompt_tokenization: Annotated[
             PromptTokenization,
@@ -67,9 +67,31 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 help="fast (the reference's eval tokenizer) or slow (its training-time tokenisation).",
             ),
         ] = "fast",
+        protocol: Annotated[
+            str,
+            typer.Option(
+                "--protocol",
+                help="Prompt + decoding + scorer: exgra-med, llava-med, medevalkit, tokenized-f1, strict.",
+            ),
+        ] = "exgra-med",
+        controls: Annotated[
+            str | None,
+            typer.Option(
+                "--controls",
+                help="Also answer with blank, noise and/or shuffled images (comma-separated) and report "
+                "image reliance.",
+            ),
+        ] = None,
         scorer: Annotated[
-            ScorerName, typer.Option("--scorer", help="How the answers are scored (see exgra score --help).")
+            ScorerName,
+            typer.Option("--scorer", help="exgra-med scorer variant (see exgra score --help)."),
         ] = "legacy",
+        judge_model: Annotated[
+            str | None, typer.Option("--judge-model", help="LLM judge for open answers (medevalkit).")
+        ] = None,
+        judge_base_url: Annotated[
+            str | None, typer.Option("--judge-base-url", help="Endpoint of the judge.")
+        ] = None,
         candidates: Annotated[
             Path | None, typer.Option("--candidates", help="candidate.json (open accuracy).")
         ] = None,
@@ -87,7 +109,10 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
     ) -> None:
         from exgra.cli import set_interrupt_hint
         from exgra.config import validate_config
+        from exgra.eval.controls import parse_controls, run_controls
         from exgra.eval.vqa import VQAEvalConfig, run_vqa_eval
+
+        control_names = parse_controls(controls)
 
         config = validate_config(
             VQAEvalConfig,
@@ -103,9 +128,12 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
                 "dtype": dtype,
                 "device": device,
                 "image_ablation": image_ablation,
+                "protocol": protocol,
                 "prompt_tokenization": prompt_tokenization,
-                "scorer": scorer,
+                "scorer": None if scorer == "legacy" and protocol != "exgra-med" else scorer,
                 "candidates": candidates,
+                "judge_model": judge_model,
+                "judge_base_url": judge_base_url,
                 "score": not no_score,
                 "limit": limit,
                 "seed": seed,
@@ -114,8 +142,13 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             },
             "command-line options",
         )
+        if control_names and image_ablation != "none":
+            from exgra.errors import ConfigError
+
+            raise ConfigError("--controls compares with the real image: leave --image-ablation at none")
         set_interrupt_hint("finished answers are kept: rerun with --resume to continue")
         result = run_vqa_eval(config)
+        reliance = run_controls(config, control_names) if control_names else None
         if result.process_index != 0:
             return  # the main process reports for all
         typer.echo(
@@ -123,8 +156,14 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             f"({result.num_generated} generated, {result.num_resumed} from before) in {result.seconds:.1f} s"
         )
         if result.metrics is not None:
-            print_metrics_table(result.metrics, f"{title} ({config.scorer} scorer)")
+            scorer_name = result.metrics["scorer"]["name"]
+            print_metrics_table(result.metrics, f"{title} ({config.protocol} protocol, {scorer_name} scorer)")
             typer.echo(f"metrics: {result.metrics_path}")
+        if reliance is not None:
+            from rich.console import Console
+
+            Console().print(reliance.rich_table(f"{title}: image reliance ({config.protocol})"))
+            typer.echo(f"reliance: {reliance.json_path} and {reliance.markdown_path}")
 
     command.__doc__ = (
         f"Generate answers for {title} with batched greedy decoding; resumable; scores at the end.\n\n"
