@@ -87,3 +87,20 @@ def test_os_error_is_one_line_not_a_traceback(run_exgra, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "Permission denied" in result.stderr and str(tmp_path / "out") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_training_config_help_names_every_shipped_recipe(run_exgra):
+    import importlib.resources
+
+    shipped = sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in importlib.resources.files("exgra").joinpath("configs").iterdir()
+        if entry.name.endswith(".yaml")
+    )
+    assert shipped
+    for command in (("train", "stage2"), ("finetune",)):
+        result = run_exgra(*command, "--help")
+        assert result.exit_code == 0
+        text = " ".join(result.stdout.replace("│", " ").split())
+        missing = [name for name in shipped if name not in text]
+        assert not missing, f"{' '.join(command)} --help does not name {missing}"

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import typer
 
+from exgra.cli.options import recipe_help
+
 train_app = typer.Typer(
     help="Pre-train a model: stage 1 (projector) and stage 2 (instruction tuning + multi-graph alignment).",
     no_args_is_help=True,
 )
 
-CONFIG = typer.Option(None, "--config", "-c", help="YAML recipe (see exgra/configs/).")
+CONFIG = typer.Option(None, "--config", "-c", help=recipe_help())
 OVERRIDES = typer.Argument(
     None, help="key=value overrides, e.g. train.lr=1e-4 data.fraction=0.1", show_default=False
 )
