@@ -36,22 +36,14 @@ def ask(
             )
         from exgra.eval.generate import ask_model
 
-        answer = ask_model(
-            model,
-            image,
-            question,
-            max_new_tokens=max_new_tokens,
-            template=template,
-            dtype=dtype,
-            device=device,
-        )
+        answer = ask_model(_config(model, image, question, max_new_tokens, template, dtype, device))
         typer.echo(answer.raw_text if raw else answer.text)
         return
     from exgra.eval.chat_session import ChatSession
     from exgra.eval.generate import ask_generator, open_image_file
 
     picture = open_image_file(image)
-    generator = ask_generator(model, max_new_tokens, template, dtype, device)
+    generator = ask_generator(_config(model, image, "", max_new_tokens, template, dtype, device))
     session = ChatSession(generator, picture, system=system)
     interactive = sys.stdin.isatty()
     pending = [question] if question and question.strip() else []
@@ -66,6 +58,24 @@ def ask(
                 return
         answer = session.ask(line.strip())
         typer.echo(answer.raw_text if raw else answer.text)
+
+
+def _config(model, image, question, max_new_tokens, template, dtype, device):  # noqa: ANN001, ANN202
+    from exgra.config import validate_config
+    from exgra.eval.generate import AskConfig
+
+    return validate_config(
+        AskConfig,
+        {
+            "model_dir": model,
+            "image_path": image,
+            "question": question or "",
+            "max_new_tokens": max_new_tokens,
+            "template": template,
+            "dtype": dtype,
+            "device": device,
+        },
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -23,8 +23,11 @@ from typing import Any
 
 import torch
 from PIL import Image
+from pydantic import Field
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from exgra.choices import DtypeName, TemplateName
+from exgra.config import Section
 from exgra.data.templates import REFERENCE_TEMPLATES
 from exgra.errors import ExgraError
 from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
@@ -34,6 +37,7 @@ __all__ = [
     "AnswerGenerator",
     "GeneratedAnswer",
     "GenerationSettings",
+    "AskConfig",
     "ask_generator",
     "ask_model",
     "load_inference_model",
@@ -436,32 +440,30 @@ def open_image_file(image_path: str | Path) -> Image.Image:
     return load_image(resolved.parent, resolved.name, conversion=None)
 
 
-def ask_model(
-    model_dir: str | Path,
-    image_path: str | Path,
-    question: str,
-    max_new_tokens: int = 256,
-    template: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-) -> GeneratedAnswer:
+class AskConfig(Section):
+    """What ``exgra ask`` (and a Python caller) asks: one model, one image file, greedy decoding."""
+
+    model_dir: Path = Field(description="directory of a saved exgra model")
+    image_path: Path = Field(description="the image file the question is about")
+    question: str = Field("", description="the question; empty for a chat session that reads turns")
+    max_new_tokens: int = Field(256, ge=1)
+    template: TemplateName | None = Field(None, description="default: the model's own template")
+    dtype: DtypeName = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+
+def ask_model(config: AskConfig) -> GeneratedAnswer:
     """Load a model and answer one question about one image file (greedy); the ``exgra ask`` command."""
-    if not question.strip():
+    if not config.question.strip():
         raise ExgraError("the question is empty; pass the question as the last argument")
-    image = open_image_file(image_path)
-    generator = ask_generator(model_dir, max_new_tokens, template, dtype, device)
-    return generator.answer([question], [image])[0]
+    image = open_image_file(config.image_path)
+    generator = ask_generator(config)
+    return generator.answer([config.question], [image])[0]
 
 
-def ask_generator(
-    model_dir: str | Path,
-    max_new_tokens: int = 256,
-    template: str | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-) -> AnswerGenerator:
-    """The greedy generator ``exgra ask`` uses."""
-    bundle = load_inference_model(model_dir, device=device, dtype=dtype)
+def ask_generator(config: AskConfig) -> AnswerGenerator:
+    """The greedy generator ``exgra ask`` uses (also for ``--chat``)."""
+    bundle = load_inference_model(config.model_dir, device=config.device, dtype=config.dtype)
     return AnswerGenerator(
-        bundle, template=template, settings=GenerationSettings(max_new_tokens=max_new_tokens)
+        bundle, template=config.template, settings=GenerationSettings(max_new_tokens=config.max_new_tokens)
     )

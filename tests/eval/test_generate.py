@@ -124,3 +124,18 @@ def test_image_ablations() -> None:
     assert not np.array_equal(noise_a, np.asarray(image))
     with pytest.raises(ValueError, match="unknown image ablation"):
         ablate_image(image, "invert")
+
+
+def test_ask_config_validates_choices_for_library_callers(tmp_path):
+    from exgra.config import validate_config
+    from exgra.errors import ExgraError
+    from exgra.eval.generate import AskConfig
+
+    good = validate_config(
+        AskConfig, {"model_dir": tmp_path, "image_path": tmp_path / "x.png", "question": "q"}
+    )
+    assert good.dtype == "auto" and good.max_new_tokens == 256
+    for wrong in ({"dtype": "float8"}, {"template": "vicuna"}, {"max_new_tokens": 0}, {"colour": "red"}):
+        with pytest.raises(ExgraError) as info:
+            validate_config(AskConfig, {"model_dir": tmp_path, "image_path": tmp_path, **wrong})
+        assert next(iter(wrong)) in str(info.value)
