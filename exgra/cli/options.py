@@ -56,6 +56,13 @@ LLMMaxReasks = Annotated[
 ]
 
 
+# The LLM judge of open answers, shared by `exgra eval vqa*` and `exgra score`.
+JudgeModel = Annotated[
+    str | None, typer.Option("--judge-model", help="LLM judge for open answers (medevalkit).")
+]
+JudgeBaseUrl = Annotated[str | None, typer.Option("--judge-base-url", help="Endpoint of the judge.")]
+
+
 def _positive(value: float) -> float:
     if value <= 0:
         raise typer.BadParameter(f"must be more than 0 seconds, got {value:g}")

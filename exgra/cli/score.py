@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from exgra.choices import ScorerName
-from exgra.cli.options import hidden_alias, pick
+from exgra.cli.options import JudgeBaseUrl, JudgeModel, hidden_alias, pick
 
 _SCORER_HELP = (
     "legacy: the ExGra-Med reference numbers; strict: normalised exact match and whole-word closed "
@@ -82,12 +82,8 @@ def score(
     force_protocol: Annotated[
         bool, typer.Option("--force-protocol", help="Score under --protocol even if asked another way.")
     ] = False,
-    judge_model: Annotated[
-        str | None, typer.Option("--judge-model", help="LLM judge for open answers (medevalkit).")
-    ] = None,
-    judge_base_url: Annotated[
-        str | None, typer.Option("--judge-base-url", help="Endpoint of the judge.")
-    ] = None,
+    judge_model: JudgeModel = None,
+    judge_base_url: JudgeBaseUrl = None,
     judge_concurrency: Annotated[
         int, typer.Option("--judge-concurrency", min=1, help="Judge requests in flight.")
     ] = 8,

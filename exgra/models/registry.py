@@ -227,32 +227,27 @@ _TINY_QWEN3 = {
         "num_position_embeddings": 64,
     },
 }
+# The SigLIP-style tower of the tiny Gemma 3 and SmolVLM presets (both families take a SigLIP config).
+_TINY_SIGLIP_TOWER = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
 _TINY_GEMMA3 = {
     "family": "gemma3",
     "template": "native",
     "llm_config": {**_TINY_TEXT, "head_dim": 32, "sliding_window": 64},
-    "vision_config": {
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    },
+    "vision_config": dict(_TINY_SIGLIP_TOWER),
     "hf_config": {"mm_tokens_per_image": 4},
 }
 _TINY_SMOLVLM = {
     "family": "smolvlm",
     "template": "native",
     "llm_config": dict(_TINY_TEXT),
-    "vision_config": {
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    },
+    "vision_config": dict(_TINY_SIGLIP_TOWER),
     "hf_config": {"scale_factor": 2},
 }
 _SMOLVLM_256M = {

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from exgra.choices import ImageAblation, PromptTokenization, ScorerName
-from exgra.cli.options import Device, Dtype, Images, Limit, ModelDir, Overwrite, Template
+from exgra.cli.options import (
+    Device,
+    Dtype,
+    Images,
+    JudgeBaseUrl,
+    JudgeModel,
+    Limit,
+    ModelDir,
+    Overwrite,
+    Template,
+)
 
 DATASETS = {
     "vqa-rad": "VQA-RAD",
@@ -86,12 +96,8 @@ def _command(dataset: str, title: str):  # noqa: ANN202 - typer reads the signat
             ScorerName,
             typer.Option("--scorer", help="exgra-med scorer variant (see exgra score --help)."),
         ] = "legacy",
-        judge_model: Annotated[
-            str | None, typer.Option("--judge-model", help="LLM judge for open answers (medevalkit).")
-        ] = None,
-        judge_base_url: Annotated[
-            str | None, typer.Option("--judge-base-url", help="Endpoint of the judge.")
-        ] = None,
+        judge_model: JudgeModel = None,
+        judge_base_url: JudgeBaseUrl = None,
         candidates: Annotated[
             Path | None, typer.Option("--candidates", help="candidate.json (open accuracy).")
         ] = None,
