@@ -99,7 +99,8 @@ def _projector(mm_hidden: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _write_shards(source: Path, state: dict[str, torch.Tensor], fmt: str) -> None:
+def write_shards(source: Path, state: dict[str, torch.Tensor], fmt: str) -> None:
+    """``state`` as two shards and their index, in ``.bin`` (the reference's) or safetensors format."""
     names = sorted(state)
     shards = {"00001-of-00002": names[: len(names) // 2], "00002-of-00002": names[len(names) // 2 :]}
     weight_map = {}
@@ -178,7 +179,7 @@ def write_v10(root: Path, connector: str) -> tuple[Path, Path, CLIPVisionModel, 
     }
     (source / "generation_config.json").write_text(json.dumps(generation, indent=2))
     write_slow_tokenizer(source, ADDED_V10, pad="[PAD]")
-    _write_shards(source, state, "bin")
+    write_shards(source, state, "bin")
     return source, tower_dir, tower, llama, projector
 
 
@@ -247,5 +248,5 @@ def write_v15(root: Path) -> tuple[Path, Path, CLIPVisionModel, MistralForCausal
     generation = {"bos_token_id": 1, "eos_token_id": 2, "transformers_version": "4.36.2"}
     (source / "generation_config.json").write_text(json.dumps(generation, indent=2))
     write_slow_tokenizer(source, {}, pad=None)
-    _write_shards(source, state, "safetensors")
+    write_shards(source, state, "safetensors")
     return source, tower_dir, tower, mistral, projector

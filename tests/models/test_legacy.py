@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from exgra.data.templates import get_template
 from exgra.models import ImageProcessor, build_tiny_tokenizer, load_model
 from exgra.models.legacy import legacy_weight_name
+from tests.models.reference_layouts import write_shards
 
 HIDDEN, WIDTH = 64, 32
 
@@ -79,20 +79,7 @@ def _write_legacy(root, connector: str, fmt: str):
     }
     (source / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(source)
-    names = sorted(state)
-    shards = {"00001-of-00002": names[: len(names) // 2], "00002-of-00002": names[len(names) // 2 :]}
-    weight_map = {}
-    for shard, shard_names in shards.items():
-        tensors = {name: state[name].contiguous() for name in shard_names}
-        if fmt == "bin":
-            filename = f"pytorch_model-{shard}.bin"
-            torch.save(tensors, source / filename)
-        else:
-            filename = f"model-{shard}.safetensors"
-            save_file(tensors, str(source / filename))
-        weight_map.update(dict.fromkeys(shard_names, filename))
-    index = "pytorch_model.bin.index.json" if fmt == "bin" else "model.safetensors.index.json"
-    (source / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    write_shards(source, state, fmt)
     return source, tower_dir, tokenizer, tower, llama, projector
 
 
