@@ -1,17 +1,23 @@
 """``exgra serve`` under load: answers/s and p50/p95 latency, dynamic batching on vs off, side by side.
 
 Starts the real server (a subprocess on 127.0.0.1) twice on the same saved ``tiny`` model, once with
-dynamic batching (``--max-batch-size 32``) and once without (``--max-batch-size 1``), sends the same
-greedy requests (demo questions with their real images as data: URLs) from 1, 8 and 32 concurrent
-clients, and prints both rows per concurrency, their throughput ratio and how many answers differ.
-The last line compares single-request latency with a bare in-process generate call on the same input.
+dynamic batching (``--max-batch-size 32``) and once without (``--max-batch-size 1``), both at once, and
+sends the same greedy requests (demo questions with their real images as data: URLs) from 1, 8 and 32
+concurrent clients. Each concurrency level runs ``--rounds`` times, on and off alternating (their order
+swapped every round), so load from other processes hits both modes alike; the table shows the median
+answers/s of each mode, their ratio, the spread of the per-round ratios and how many answers differ.
 
-    python bench/serve.py [--requests 32] [--max-tokens 32] [--threads 2]
+Two in-process references on the same inputs, measured in the same run: generation alone (one
+``generate_prompts`` call of the largest concurrency vs that many calls of one), the ceiling of what
+batching can give, whatever the server does; and a bare generate call per request, for latency.
+
+    python bench/serve.py [--requests 64] [--max-tokens 32] [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -57,9 +63,10 @@ def main() -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads of the server and the bare call"
+        "--threads", type=int, default=1, help="torch threads of the servers and the in-process references"
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each level per mode (median shown)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -85,44 +92,67 @@ def main() -> None:
             })  # fmt: skip
         env = {"OMP_NUM_THREADS": str(args.threads)}
         modes = {"on": ["--max-batch-size", "32"], "off": ["--max-batch-size", "1"]}
-        results: dict[tuple[str, int], tuple[float, list[float], list[str]]] = {}
+        runs: dict[tuple[str, int], list[tuple[float, list[float], list[str]]]] = {}
         batch_sizes: dict[int, list[int]] = {}
-        for mode, flags in modes.items():
-            server_args = ["--model", str(model_dir), "--served-model-name", "tiny", *flags]
-            with running_server(server_args, root / f"server-{mode}.log", env=env) as server:
-                url = f"{server.api}/chat/completions"
-                _load(url, bodies[:4], 4)  # warm-up
-                for concurrency in args.concurrency:
-                    count = max(concurrency, args.requests // 4) if concurrency == 1 else args.requests
-                    results[mode, concurrency] = _load(url, bodies[:count], concurrency)
-                    if mode == "on":
-                        health = json.loads(urllib.request.urlopen(f"{server.url}/health").read())
-                        batch_sizes[concurrency] = health["recent_batch_sizes"]
-
-        bare = _bare_latencies(model_dir, bodies[: max(1, args.requests // 4)], args.max_tokens)
+        with contextlib.ExitStack() as stack:
+            urls = {}
+            for mode, flags in modes.items():
+                server_args = ["--model", str(model_dir), "--served-model-name", "tiny", *flags]
+                server = stack.enter_context(
+                    running_server(server_args, root / f"server-{mode}.log", env=env)
+                )
+                urls[mode] = server.url
+                _load(f"{server.api}/chat/completions", bodies[:4], 4)  # warm-up
+            for concurrency in args.concurrency:
+                count = max(concurrency, args.requests // 4) if concurrency == 1 else args.requests
+                for round_index in range(args.rounds):
+                    order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
+                    for mode in order:
+                        url = f"{urls[mode]}/v1/chat/completions"
+                        runs.setdefault((mode, concurrency), []).append(
+                            _load(url, bodies[:count], concurrency)
+                        )
+                health = json.loads(urllib.request.urlopen(f"{urls['on']}/health").read())
+                batch_sizes[concurrency] = health["recent_batch_sizes"]
+            largest = max(args.concurrency)
+            ceiling = _generation_ceiling(model_dir, bodies[:largest], args.max_tokens, args.rounds)
+            bare = _bare_latencies(model_dir, bodies[: max(1, args.requests // 4)], args.max_tokens)
 
     print(
         f"exgra serve: tiny model, {args.requests} demo requests (real images, data: URLs), "
-        f"max_tokens={args.max_tokens}, torch threads={args.threads}, cpus={os.cpu_count()}"
+        f"max_tokens={args.max_tokens}, torch threads={args.threads}, cpus={os.cpu_count()}, "
+        f"{args.rounds} rounds, load average {os.getloadavg()[0]:.2f}"
     )
     columns = (("conc", 4), ("batching", 8), ("answers/s", 10), ("p50 ms", 8), ("p95 ms", 8))
-    header = " ".join(f"{name:>{width}}" for name, width in (*columns, ("on/off", 7), ("differ", 7)))
+    columns += (("on/off", 7), ("rounds", 11), ("differ", 7))
+    header = " ".join(f"{name:>{width}}" for name, width in columns)
     print(header)
     print("-" * len(header))
     for concurrency in args.concurrency:
-        off_wall, _, off_answers = results["off", concurrency]
-        for mode in ("on", "off"):
-            wall, latencies, answers = results[mode, concurrency]
-            rate = len(latencies) / wall
-            ratio = rate / (len(off_answers) / off_wall)
+        rates = {mode: [len(r[1]) / r[0] for r in runs[mode, concurrency]] for mode in modes}
+        off_rate = statistics.median(rates["off"])
+        round_ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
+        off_answers = [answer for run in runs["off", concurrency] for answer in run[2]]
+        for mode in modes:
+            latencies = [latency for run in runs[mode, concurrency] for latency in run[1]]
+            answers = [answer for run in runs[mode, concurrency] for answer in run[2]]
+            rate = statistics.median(rates[mode])
+            spread = f"{min(round_ratios):.2f}-{max(round_ratios):.2f}" if mode == "on" else ""
             differ = sum(a != b for a, b in zip(answers, off_answers, strict=True))
             print(
                 f"{concurrency:>4} {mode:>8} {rate:>10.2f} {1000 * statistics.median(latencies):>8.1f} "
-                f"{1000 * _percentile(latencies, 0.95):>8.1f} {ratio:>7.2f} {differ:>7}"
+                f"{1000 * _percentile(latencies, 0.95):>8.1f} {rate / off_rate:>7.2f} {spread:>11} "
+                f"{differ:>7}"
             )
     for concurrency, sizes in batch_sizes.items():
         print(f"batch sizes with batching on, up to concurrency {concurrency} (most recent last): {sizes}")
-    on_p95 = _percentile(results["on", 1][1], 0.95)
+    batched, single = ceiling
+    print(
+        f"generation alone (in process, same {largest} inputs): one batch of {largest} {batched:.3f} s, "
+        f"{largest} batches of 1 {single:.3f} s: {single / batched:.2f}x, the ceiling of the on/off ratio "
+        f"at concurrency {largest}"
+    )
+    on_p95 = _percentile([latency for run in runs["on", 1] for latency in run[1]], 0.95)
     print(
         f"bare generate (in process, same inputs): p50 {1000 * statistics.median(bare):.1f} ms, "
         f"p95 {1000 * _percentile(bare, 0.95):.1f} ms; served p95 at concurrency 1 / bare p95 = "
@@ -130,20 +160,50 @@ def main() -> None:
     )
 
 
-def _bare_latencies(model_dir: Path, bodies: list[dict], max_tokens: int) -> list[float]:
-    """One generate call per request through the generation path, no HTTP, no queue."""
+def _generator(model_dir: Path, max_tokens: int) -> object:
     from exgra.eval.generate import AnswerGenerator, GenerationSettings, load_inference_model
+
+    return AnswerGenerator(load_inference_model(model_dir), settings=GenerationSettings(max_tokens))
+
+
+def _inputs(generator: object, body: dict) -> tuple[str, torch.Tensor]:
+    """A request body -> (prompt, pixel values), the way the server prepares it."""
     from exgra.serve.config import ServeConfig
     from exgra.serve.images import load_request_image
 
-    generator = AnswerGenerator(load_inference_model(model_dir), settings=GenerationSettings(max_tokens))
-    config = ServeConfig(model=str(model_dir))
+    text, image = body["messages"][0]["content"]
+    config = ServeConfig(model="tiny")
+    pixel_values = generator.preprocess([load_request_image(image["image_url"]["url"], config)])
+    return generator.build_conversation_prompt([("human", text["text"])], images_per_turn=[1]), pixel_values
+
+
+def _generation_ceiling(
+    model_dir: Path, bodies: list[dict], max_tokens: int, rounds: int
+) -> tuple[float, float]:
+    """Median seconds of one batched ``generate_prompts`` call over ``bodies`` and of one call per body."""
+    generator = _generator(model_dir, max_tokens)
+    prompts, images = zip(*(_inputs(generator, body) for body in bodies), strict=True)
+    pixel_values = torch.cat(images)
+    generator.generate_prompts(list(prompts[:2]), pixel_values[:2])  # warm-up
+    batched, single = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        generator.generate_prompts(list(prompts), pixel_values)
+        batched.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for index, prompt in enumerate(prompts):
+            generator.generate_prompts([prompt], pixel_values[index : index + 1])
+        single.append(time.perf_counter() - started)
+    return statistics.median(batched), statistics.median(single)
+
+
+def _bare_latencies(model_dir: Path, bodies: list[dict], max_tokens: int) -> list[float]:
+    """One generate call per request through the generation path, no HTTP, no queue."""
+    generator = _generator(model_dir, max_tokens)
     latencies = []
     for body in [bodies[0], *bodies]:  # the first is a warm-up
-        text, image = body["messages"][0]["content"]
         started = time.perf_counter()
-        pixel_values = generator.preprocess([load_request_image(image["image_url"]["url"], config)])
-        prompt = generator.build_conversation_prompt([("human", text["text"])], images_per_turn=[1])
+        prompt, pixel_values = _inputs(generator, body)
         generator.generate_prompts([prompt], pixel_values)
         latencies.append(time.perf_counter() - started)
     return latencies[1:]

@@ -1,0 +1,84 @@
+"""The batch queue's scheduling, with a stand-in generator that records the batches it is given."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from exgra.eval.generate import GeneratedAnswer, GenerationSettings
+from exgra.serve.batching import BatchQueue, PendingRequest
+
+
+class RecordingGenerator:
+    """Answers each prompt with itself and records every batch; the first call waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+
+    def generate_prompts(self, prompts, pixel_values, **kwargs):
+        if not self.batches:
+            self.release.wait(10)
+        self.batches.append(list(prompts))
+        return [GeneratedAnswer(prompt, prompt, 1) for prompt in prompts]
+
+
+def _request(prompt: str, answers: dict[str, GeneratedAnswer], done: threading.Event, expected: int):
+    def on_done(result):
+        answers[prompt] = result
+        if len(answers) == expected:
+            done.set()
+
+    return PendingRequest(prompt, None, GenerationSettings(max_new_tokens=4), ("greedy",), [], on_done)
+
+
+def test_a_burst_spread_over_more_than_one_window_is_one_batch() -> None:
+    generator = RecordingGenerator()
+    window = 0.1
+    queue = BatchQueue(generator, max_batch_size=32, window_s=window)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        warm = threading.Event()
+        # Put the queue under load: one request runs while two wait, so the next batch holds two.
+        queue.submit(_request("a", answers, warm, 3))
+        while not queue._thread.is_alive() or len(queue) > 0:
+            time.sleep(0.01)
+        queue.submit(_request("b", answers, warm, 3))
+        queue.submit(_request("c", answers, warm, 3))
+        generator.release.set()
+        assert warm.wait(10)
+        assert generator.batches == [["a"], ["b", "c"]]
+
+        # Clients answered together come back one after another: 10 requests 20 ms apart span
+        # 180 ms, more than the 100 ms window, but no gap between two is as long as the window.
+        burst = [f"q{index}" for index in range(10)]
+        done = threading.Event()
+        for prompt in burst:
+            queue.submit(_request(prompt, answers, done, 3 + len(burst)))
+            time.sleep(0.02)
+        assert done.wait(10)
+        assert generator.batches[2:] == [burst]
+        assert all(answers[prompt].text == prompt for prompt in burst)  # each answer to its own request
+    finally:
+        queue.close()
+
+
+def test_the_wait_ends_after_at_most_ten_windows() -> None:
+    generator = RecordingGenerator()
+    generator.release.set()
+    queue = BatchQueue(generator, max_batch_size=32, window_s=0.02)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        done = threading.Event()
+        queue._last_batch_size = 2  # under load
+        # A steady trickle (one request every 10 ms, never a full window apart) for 0.6 s: without the
+        # cap it would all be one batch; with it, batches start at least every ten windows (0.2 s).
+        count = 60
+        for index in range(count):
+            queue.submit(_request(f"r{index}", answers, done, count))
+            time.sleep(0.01)
+        assert done.wait(10)
+        assert len(generator.batches) >= 3
+        assert [p for batch in generator.batches for p in batch] == [f"r{i}" for i in range(count)]
+    finally:
+        queue.close()
