@@ -84,6 +84,16 @@ RUNTIME_KEYS = frozenset(
     }
 )
 DTYPES = _DTYPES
+# Weight names of llava checkpoints written before transformers 4.52 and by transformers 5's stock
+# LlavaForConditionalGeneration.save_pretrained (the llava-hf layout: ``language_model.model.*``,
+# ``language_model.lm_head``, top-level ``vision_tower`` / ``multi_modal_projector``) -> the model's
+# names. transformers applies this mapping to its own class only; exgra's subclass passes it explicitly.
+LLAVA_HF_KEY_MAPPING = {
+    r"^language_model\.lm_head": "lm_head",
+    r"^language_model\.model": "model.language_model",
+    r"^vision_tower": "model.vision_tower",
+    r"^multi_modal_projector": "model.multi_modal_projector",
+}
 
 
 @dataclass(frozen=True)
@@ -518,7 +528,7 @@ _REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "llava-1.5-7b",
-            "LLaVA-1.5-7B architecture (Vicuna-7B + CLIP-L/336, chat template): llm=<Vicuna weights>",
+            "LLaVA-1.5-7B (Vicuna-7B + CLIP-L/336, chat template): path=<llava-hf/llava-1.5-7b-hf dir> or llm=<Vicuna>",
             "≈7.1 B",
             False,
             _LLAVA_15_7B,
@@ -558,9 +568,16 @@ class ModelBundle:
         return get_family(self.config.family)
 
     @property
+    def image_patch_token(self) -> str:
+        """The token the model's image features replace (``<im_patch>``; ``<image>`` in llava-hf checkpoints)."""
+        token_id = getattr(self.model.config, "image_token_id", None)
+        token = self.tokenizer.convert_ids_to_tokens(token_id) if token_id is not None else None
+        return token or IMAGE_PATCH_TOKEN
+
+    @property
     def image_tokens(self) -> str:
         """One image in a prompt: ``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``."""
-        return image_token_string(self.num_image_tokens, self.config.use_im_start_end)
+        return image_token_string(self.num_image_tokens, self.config.use_im_start_end, self.image_patch_token)
 
     @property
     def conversation_template(self) -> ConversationTemplate:
@@ -592,7 +609,7 @@ class ModelBundle:
         """
         from transformers import LlavaProcessor
 
-        collapsed = image_token_string(1, self.config.use_im_start_end)
+        collapsed = image_token_string(1, self.config.use_im_start_end, self.image_patch_token)
         template = chat_template(self.template, collapsed)
         self.tokenizer.chat_template = template
         vision = self.model.config.vision_config
@@ -602,7 +619,7 @@ class ModelBundle:
             patch_size=vision.patch_size,
             vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
             chat_template=template,
-            image_token=IMAGE_PATCH_TOKEN,
+            image_token=self.image_patch_token,
             # CLIP's CLS token, dropped by the "default" strategy; SigLIP has none ("full").
             num_additional_image_tokens=0 if "siglip" in vision.model_type else 1,
         )
@@ -867,12 +884,25 @@ def _saved_config(path: Path, hf_config: PretrainedConfig, family: str = "llava"
     if family != "llava":
         return ModelConfig(name=path.name, family=family, template="native")
     # A llava checkpoint written by other tools: describe it from its transformers config.
+    fields: dict[str, Any] = {}
+    if _llava_hf_layout(path):
+        # llava-hf (LLaVA-1.5 as transformers publishes it): N x <image> without <im_start>/<im_end>,
+        # Vicuna-v1 conversations (exgra's "chat"), images prepared as its processor files say.
+        fields = {"template": "chat", "use_im_start_end": False}
     return ModelConfig(
         name=path.name,
         dense_connector=getattr(hf_config, "dense_connector", "none"),
         projector_type=getattr(hf_config, "projector_type", "mlp2x_gelu"),
         vision_select_layer=hf_config.vision_feature_layer,
+        **fields,
     )
+
+
+def _llava_hf_layout(path: Path) -> bool:
+    """A llava checkpoint whose tokenizer has no ``<im_patch>`` (the llava-hf layout uses ``<image>``)."""
+    with hub_errors(str(path), "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return IMAGE_PATCH_TOKEN not in tokenizer.get_vocab()
 
 
 def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
@@ -909,14 +939,25 @@ def load_llava(path: Path, config: ModelConfig) -> ModelBundle:
 
     hf_config = AutoConfig.from_pretrained(path)
     try:
-        model = ExgraLlavaForConditionalGeneration.from_pretrained(
-            path, config=hf_config, dtype=_DTYPES[config.dtype]
+        model, info = ExgraLlavaForConditionalGeneration.from_pretrained(
+            path,
+            config=hf_config,
+            dtype=_DTYPES[config.dtype],
+            key_mapping=LLAVA_HF_KEY_MAPPING,
+            output_loading_info=True,
         )
     except SafetensorError as exc:  # a truncated or damaged weights file (issue #12.10)
         raise ExgraError(
             f"the weights in {path} cannot be read ({exc}); the file is damaged or incomplete: "
             "download or save the model again"
         ) from exc
+    if info["missing_keys"]:
+        # Never answer with silently random weights (e.g. a layout whose names nothing maps).
+        missing = sorted(info["missing_keys"])
+        raise ExgraError(
+            f"{path} lacks {len(missing)} weights of its model (e.g. {missing[0]}); "
+            "the checkpoint is incomplete or in an unknown layout"
+        )
     _set_attention(model, config.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = ImageProcessor.from_pretrained(path, image_size=hf_config.vision_config.image_size)
