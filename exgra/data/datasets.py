@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from exgra.data.collate import tokenize_conversation, tokenize_text
 from exgra.data.records import alignment_text, load_image
 from exgra.data.templates import image_token_string
-from exgra.vocabulary import IMAGE_PATCH_TOKEN
 from exgra.errors import DataError
+from exgra.vocabulary import IMAGE_PATCH_TOKEN
 
 __all__ = ["SupervisedDataset", "TemplateEncoder", "select_fraction"]
 

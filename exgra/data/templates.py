@@ -49,7 +49,9 @@ _HUMAN_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "model"}
 
 
-def image_token_string(num_tokens: int, use_start_end: bool = True, patch_token: str = IMAGE_PATCH_TOKEN) -> str:
+def image_token_string(
+    num_tokens: int, use_start_end: bool = True, patch_token: str = IMAGE_PATCH_TOKEN
+) -> str:
     """`<im_start>` + `num_tokens` x `<im_patch>` + `<im_end>`; only the patches if not `use_start_end`.
 
     ``patch_token`` is the model's image token (``<image>`` in llava-hf checkpoints).

@@ -81,6 +81,7 @@ RUNTIME_KEYS = frozenset(
         "model_max_length",
         "image_conversion",
         "image_aspect_ratio",
+        "quantization",
     }
 )
 DTYPES = _DTYPES
@@ -528,7 +529,7 @@ _REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "llava-1.5-7b",
-            "LLaVA-1.5-7B (Vicuna-7B + CLIP-L/336, chat template): path=<llava-hf/llava-1.5-7b-hf dir> or llm=<Vicuna>",
+            "LLaVA-1.5-7B (Vicuna-7B + CLIP-L/336, chat): path=<llava-hf layout dir> or llm=<Vicuna>",
             "≈7.1 B",
             False,
             _LLAVA_15_7B,
@@ -569,7 +570,7 @@ class ModelBundle:
 
     @property
     def image_patch_token(self) -> str:
-        """The token the model's image features replace (``<im_patch>``; ``<image>`` in llava-hf checkpoints)."""
+        """The token the image features replace (``<im_patch>``; ``<image>`` in llava-hf checkpoints)."""
         token_id = getattr(self.model.config, "image_token_id", None)
         token = self.tokenizer.convert_ids_to_tokens(token_id) if token_id is not None else None
         return token or IMAGE_PATCH_TOKEN
@@ -937,7 +938,11 @@ def load_llava(path: Path, config: ModelConfig) -> ModelBundle:
     """Load a ``llava`` / ``exgra_llava`` checkpoint directory."""
     from safetensors import SafetensorError
 
+    from exgra.models.families import get_family
+    from exgra.models.families.base import quantization_kwargs
+
     hf_config = AutoConfig.from_pretrained(path)
+    quantization = quantization_kwargs(config, get_family("llava").quantization_skip_modules)
     try:
         model, info = ExgraLlavaForConditionalGeneration.from_pretrained(
             path,
@@ -945,6 +950,7 @@ def load_llava(path: Path, config: ModelConfig) -> ModelBundle:
             dtype=_DTYPES[config.dtype],
             key_mapping=LLAVA_HF_KEY_MAPPING,
             output_loading_info=True,
+            **quantization,
         )
     except SafetensorError as exc:  # a truncated or damaged weights file (issue #12.10)
         raise ExgraError(

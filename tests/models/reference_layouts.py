@@ -256,8 +256,10 @@ def write_v15(root: Path) -> tuple[Path, Path, CLIPVisionModel, MistralForCausal
 LLAVA_HF_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
     "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
 
@@ -273,10 +275,10 @@ def write_llava_hf(directory: Path) -> Path:
     from transformers import (
         AddedToken,
         CLIPImageProcessorPil,
+        LlamaTokenizer,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-        LlamaTokenizer,
     )
 
     directory.mkdir(parents=True)

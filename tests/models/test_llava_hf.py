@@ -48,12 +48,14 @@ def test_the_folder_loads_with_its_own_weights_tokens_and_processor(llava_hf, de
     stock = LlavaForConditionalGeneration.from_pretrained(llava_hf).eval()
     mine, theirs = bundle.model.state_dict(), stock.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    assert (bundle.template, bundle.config.use_im_start_end, bundle.image_patch_token) == ("chat", False, "<image>")
+    layout = (bundle.template, bundle.config.use_im_start_end, bundle.image_patch_token)
+    assert layout == ("chat", False, "<image>")
 
     # The stock processor's expansion of one <image> is the image-token count of exgra's prompt.
     processor = AutoProcessor.from_pretrained(llava_hf)
     _, image = _image(demo)
-    stock_inputs = processor(text="USER: <image>\nWhat is shown? ASSISTANT:", images=[image], return_tensors="pt")
+    text = "USER: <image>\nWhat is shown? ASSISTANT:"
+    stock_inputs = processor(text=text, images=[image], return_tensors="pt")
     stock_count = int((stock_inputs["input_ids"] == 32000).sum())
     family = bundle.family
     vision = family.preprocess_images(bundle, [image])
@@ -135,13 +137,16 @@ def test_stage2_and_finetune_from_the_folder_then_stock_reload(llava_hf, demo, t
     before = LlavaForConditionalGeneration.from_pretrained(llava_hf).state_dict()
     bundle = load_model(result.final_dir)
     after = bundle.model.state_dict()
-    changed = {n.split(".")[1] for n in before if not torch.equal(before[n], after[n]) and n.startswith("model.")}
+    changed = {
+        n.split(".")[1] for n in before if n.startswith("model.") and not torch.equal(before[n], after[n])
+    }
     assert changed == {"language_model", "multi_modal_projector"}  # the tower stays frozen in stage 2
 
     tuned = run_exgra(
         "finetune", "--config", ROOT / "exgra" / "configs" / "tiny_finetune.yaml",
         "--output-dir", tmp_path / "ft", f"model.path={result.final_dir}", f"data.train_json={demo.train}",
-        f"data.image_folder={demo.image_folder}", f"data.val_json={demo.val}", "train.max_steps=2", "train.eval_every=2", "train.eval_max_new_tokens=2",
+        f"data.image_folder={demo.image_folder}", f"data.val_json={demo.val}",
+        "train.max_steps=2", "train.eval_every=2", "train.eval_max_new_tokens=2",
         "train.save_every=2",
     )  # fmt: skip
     assert tuned.exit_code == 0, tuned.stderr
@@ -171,3 +176,45 @@ def test_stage2_and_finetune_from_the_folder_then_stock_reload(llava_hf, demo, t
     with torch.no_grad():
         logits = bundle.model.eval()(**inputs).logits
     torch.testing.assert_close(logits, stock["logits"], rtol=0, atol=0)
+
+
+def test_llava_qlora_quantises_the_language_model_only():
+    """The 4-bit config keeps the tower and projector in bf16, by transformers' own skip-module rule."""
+    from torch import nn
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from exgra.models import create_model
+    from exgra.models.families.base import bits_and_bytes_config
+
+    bundle = create_model("tiny-llava-siglip")
+    family = bundle.family
+    config = bits_and_bytes_config(family.quantization_skip_modules)
+    assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant) == (
+        True, "nf4", True,
+    )  # fmt: skip
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    linears = [name for name, module in bundle.model.named_modules() if isinstance(module, nn.Linear)]
+    converted = {name for name in linears if should_convert_module(name, config.llm_int8_skip_modules)}
+    assert converted == {name for name in linears if name.startswith("model.language_model.")}
+    assert any(name.startswith("model.multi_modal_projector.") for name in linears)
+    assert any(name.startswith("model.vision_tower.") for name in linears)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_llava_qlora_without_cuda_fails_with_one_clear_line(llava_hf, demo, tmp_path, run_exgra):
+    common = [
+        "--config", ROOT / "exgra" / "configs" / "tiny_stage2.yaml", "model.quantization=4bit",
+        "train.lora.enabled=true", f"data.train_json={demo.pretrain}",
+        f"data.image_folder={demo.image_folder}",
+    ]  # fmt: skip
+    for index, source in enumerate(
+        [f"model.path={llava_hf}", "model.name=llava-med-v1.5-7b", "model.name=llava-1.5-7b"]
+    ):
+        extra = [] if source.startswith("model.path") else ["model.llm=/nowhere"]
+        result = run_exgra(
+            "train", "stage2", "--output-dir", tmp_path / f"run{index}", source, *extra, *common
+        )
+        assert result.exit_code == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "CUDA" in lines[0] and "Traceback" not in result.stderr
+        assert not (tmp_path / f"run{index}").exists() or not any((tmp_path / f"run{index}").iterdir())
