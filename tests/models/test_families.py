@@ -424,23 +424,29 @@ out = processor(text=[text], images=[Image.open(sys.argv[2])], return_tensors="p
 assert not any(name.startswith("exgra") for name in sys.modules)
 save_file({"input_ids": out["input_ids"], "pixel_values": out["pixel_values"]}, sys.argv[3])
 """
+    stock, (_, mine) = _stock_and_exgra_inputs(script, final_dir, demo, tmp_path)
+    assert torch.equal(mine["input_ids"], stock["input_ids"])
+    torch.testing.assert_close(mine["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
+
+
+def _stock_and_exgra_inputs(script: str, final_dir: Path, demo, tmp_path: Path):
+    """``script DIR IMAGE OUT`` run in a fresh interpreter without exgra (its saved tensors), and exgra's
+    bundle with its generation inputs for "What is shown?" about the same image."""
+    from exgra.data.records import load_image
+    from exgra.models import load_model
+
     image = sorted(Path(demo.image_folder).rglob("*.png"))[0]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", script, str(final_dir), str(image), str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    stock = load_file(str(tmp_path / "o"))
-    from exgra.data.records import load_image
-    from exgra.models import load_model
-
     bundle = load_model(final_dir)
     family = bundle.family
     vision = family.preprocess_images(bundle, [load_image(image.parent, image.name)])
     mine = family.generation_inputs(bundle, [family.prompt(bundle, "What is shown?")], vision)
-    assert torch.equal(mine["input_ids"], stock["input_ids"])
-    torch.testing.assert_close(mine["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
+    return load_file(str(tmp_path / "o")), (bundle, mine)
 
 
 # Qwen2.5-VL, Qwen3-VL and SmolVLM processors need torchvision (their video processors), which cannot be
@@ -485,22 +491,9 @@ save_file({"input_ids": ids, "logits": logits, **tensors}, sys.argv[3])
 
 @pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-smolvlm"])
 def test_stock_tokenizer_and_image_processor_prepare_exgras_inputs(name, demo, runs_root, tmp_path):
-    from exgra.data.records import load_image
-    from exgra.models import load_model
-
     final_dir = _trained_run(name, demo, runs_root)
-    image = sorted(Path(demo.image_folder).rglob("*.png"))[0]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-c", _STOCK_PIECES, str(final_dir), str(image), str(tmp_path / "o")],
-        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    stock = load_file(str(tmp_path / "o"))
-    bundle = load_model(final_dir)
+    stock, (bundle, mine) = _stock_and_exgra_inputs(_STOCK_PIECES, final_dir, demo, tmp_path)
     family = bundle.family
-    vision = family.preprocess_images(bundle, [load_image(image.parent, image.name)])
-    mine = family.generation_inputs(bundle, [family.prompt(bundle, "What is shown?")], vision)
     assert torch.equal(mine["input_ids"], stock["input_ids"])
     for key in family.vision_keys():
         torch.testing.assert_close(mine[key], stock[key], rtol=0, atol=0)
