@@ -48,11 +48,13 @@ def test_serve_answers_text_only_multi_image_and_matches_exgra_ask(
     with running_server(args, tmp_path / "server.log") as server:
         client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=120)
 
-        def ask(messages: list[dict]) -> str:
-            reply = client.chat.completions.create(
+        def reply(messages: list[dict]):
+            return client.chat.completions.create(
                 model=name, messages=messages, temperature=0, max_tokens=MAX_TOKENS
             )
-            return reply.choices[0].message.content
+
+        def ask(messages: list[dict]) -> str:
+            return reply(messages).choices[0].message.content
 
         one_image = [{"role": "user", "content": _parts("What is shown?", data_url(first))}]
         two = _parts("Compare the two scans.", data_url(first), data_url(second))
@@ -88,4 +90,15 @@ def test_serve_answers_text_only_multi_image_and_matches_exgra_ask(
         with ThreadPoolExecutor(3) as pool:
             batched = list(pool.map(ask, (two_images, text_only, one_image)))
         assert batched == alone
+
+        # usage.prompt_tokens counts what the model reads: every image's tokens, expanded.
+        from exgra.data.records import load_image
+        from exgra.eval.generate import AnswerGenerator, load_inference_model
+
+        generator = AnswerGenerator(load_inference_model(model_dir, device="cpu"))
+        prompt = generator.build_conversation_prompt([("human", "Compare the two scans.")], None, [2])
+        vision = generator.preprocess([load_image(p.parent, p.name) for p in (first, second)])
+        vision = vision if isinstance(vision, dict) else {"pixel_values": vision}
+        inputs = generator.family.generation_inputs(generator.bundle, [prompt], vision)
+        assert reply(two_images).usage.prompt_tokens == inputs["input_ids"].shape[1]
         assert server.alive(), server.log()

@@ -215,6 +215,10 @@ class ModelFamily:
         """How many images ``vision`` holds."""
         return int(vision["pixel_values"].shape[0])
 
+    def prompt_text(self, bundle: Any, prompt: str, vision: dict[str, torch.Tensor] | None) -> str:
+        """``prompt`` with its image tokens in place, as the model reads it (to count its tokens)."""
+        return prompt
+
     def generation_inputs(
         self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor] | None
     ) -> dict[str, Any]:
@@ -546,6 +550,9 @@ class ChatFamily(ModelFamily):
 
         processed = bundle.image_processor([to_rgb(image) for image in images], return_tensors="pt")
         return {key: processed[key] for key in self.vision_keys()}
+
+    def prompt_text(self, bundle: Any, prompt: str, vision: dict[str, torch.Tensor] | None) -> str:
+        return self._expand(bundle, prompt, vision or {}, 0)[0]
 
     def generation_inputs(
         self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor] | None
