@@ -78,7 +78,7 @@ def test_the_llava_15_preset_loads_the_folder_with_path(llava_hf):
     assert (bundle.template, bundle.image_processor.aspect_ratio) == ("chat", "pad")
 
 
-def test_ask_answers_as_stock_greedy_generation_on_the_same_prompt(llava_hf, demo, run_exgra):
+def test_ask_and_eval_answer_ask_as_stock_greedy_generation(llava_hf, demo, tmp_path, run_exgra):
     path, image = _image(demo)
     asked = run_exgra("ask", "--model", llava_hf, "--image", path, "--max-new-tokens", "6", "What is shown?")
     assert asked.exit_code == 0, asked.stderr
@@ -95,6 +95,15 @@ def test_ask_answers_as_stock_greedy_generation_on_the_same_prompt(llava_hf, dem
     # Vicuna v1 ends an answer at </s> or at the next "USER:" turn.
     expected = text.split("</s>")[0].split("USER:")[0].strip()
     assert asked.stdout.strip() == expected
+
+    output = tmp_path / "answers.jsonl"
+    evaluated = run_exgra(
+        "eval", "vqa", "--model", llava_hf, "--data", demo.test, "--images", demo.image_folder,
+        "--output", output, "--max-new-tokens", "3", "--limit", "3", "--no-score",
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.stderr
+    expected_lines = min(3, len(json.loads(Path(demo.test).read_text())))
+    assert len(output.read_text().splitlines()) == expected_lines >= 1
 
 
 _STOCK = """
