@@ -50,6 +50,7 @@ def run_server(config: ServeConfig) -> None:
         raise ExgraError(f"--image-root {config.image_root} is not a folder")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _set_torch_threads(config)
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
     engine = app.state.engine
@@ -68,3 +69,15 @@ def run_server(config: ServeConfig) -> None:
     server.run()
     if engine.load_error is not None:
         raise ExgraError(f"the model failed to load: {engine.load_error}")
+
+
+def _set_torch_threads(config: ServeConfig) -> None:
+    import os
+
+    import torch
+
+    from exgra.serve.config import torch_threads
+
+    threads = torch_threads(config, os.cpu_count(), os.environ)
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -123,6 +124,7 @@ def create_app(config: ServeConfig, loader: Callable[[ServeConfig], Any] = load_
         return JSONResponse(
             {
                 "status": "ok",
+                "torch_threads": torch.get_num_threads(),
                 "model": engine.model_name,
                 "waiting": len(queue) if queue is not None else 0,
                 "batches": len(sizes),

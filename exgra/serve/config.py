@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field
@@ -9,7 +10,7 @@ from pydantic import Field
 from exgra.choices import DtypeName, TemplateName
 from exgra.config import Section
 
-__all__ = ["RESEARCH_NOTICE", "ServeConfig"]
+__all__ = ["RESEARCH_NOTICE", "ServeConfig", "torch_threads"]
 
 RESEARCH_NOTICE = (
     "Research use only. Not a medical device: do not use its answers for diagnosis, treatment or any "
@@ -39,8 +40,24 @@ class ServeConfig(Section):
     batch_window_ms: float = Field(
         10.0, ge=0, description="how long a batch waits for more requests under load"
     )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: see torch_threads)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond this get 503")
     remote_timeout_s: float = Field(10.0, gt=0)
     device: str = "auto"
     dtype: DtypeName = "auto"
     template: TemplateName | None = None
+
+
+def torch_threads(config: ServeConfig, cpu_count: int | None, environ: Mapping[str, str]) -> int | None:
+    """How many intra-op threads torch gets in the server; ``None``: leave torch's own setting.
+
+    ``--threads`` wins, then ``OMP_NUM_THREADS``; otherwise one fewer than the CPUs. Torch's default
+    (one per CPU) leaves no core to the event loop and the request threads (HTTP, JSON, image
+    decoding): on 2 cores under load, OpenMP's threads then wait on each other at every operator and
+    single requests took seconds instead of ~50 ms (bench/serve.py, docs/serving.md).
+    """
+    if config.threads is not None:
+        return config.threads
+    if environ.get("OMP_NUM_THREADS", "").strip():
+        return None
+    return max(1, (cpu_count or 1) - 1)

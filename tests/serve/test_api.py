@@ -36,6 +36,7 @@ def _auth() -> dict[str, str]:
 def test_health_models_and_research_notice(server, client, model_name) -> None:
     health = http(f"{server.url}/health")  # no key needed: load balancers probe it
     assert health.status == 200 and health.body["status"] == "ok"
+    assert health.body["torch_threads"] == 1  # the helper starts it with OMP_NUM_THREADS=1
     models = client.models.list()
     assert [m.id for m in models.data] == [model_name]
     raw = http(f"{server.api}/models", headers=_auth()).body["data"][0]

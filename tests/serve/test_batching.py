@@ -7,6 +7,7 @@ import time
 
 from exgra.eval.generate import GeneratedAnswer, GenerationSettings
 from exgra.serve.batching import BatchQueue, PendingRequest
+from exgra.serve.config import ServeConfig, torch_threads
 
 
 class RecordingGenerator:
@@ -82,3 +83,13 @@ def test_the_wait_ends_after_at_most_ten_windows() -> None:
         assert [p for batch in generator.batches for p in batch] == [f"r{i}" for i in range(count)]
     finally:
         queue.close()
+
+
+def test_torch_threads_leave_one_cpu_to_the_http_side() -> None:
+    default = ServeConfig(model="tiny")
+    assert torch_threads(default, 2, {}) == 1
+    assert torch_threads(default, 16, {}) == 15
+    assert torch_threads(default, 1, {}) == 1
+    assert torch_threads(default, None, {}) == 1
+    assert torch_threads(default, 8, {"OMP_NUM_THREADS": "4"}) is None  # torch reads it itself
+    assert torch_threads(ServeConfig(model="tiny", threads=3), 8, {"OMP_NUM_THREADS": "4"}) == 3
