@@ -7,9 +7,10 @@ concurrent clients. Each concurrency level runs ``--rounds`` times, on and off a
 swapped every round), so load from other processes hits both modes alike; the table shows the median
 answers/s of each mode, their ratio, the spread of the per-round ratios and how many answers differ.
 
-Two in-process references on the same inputs, measured in the same run: generation alone (one
-``generate_prompts`` call of the largest concurrency vs that many calls of one), the ceiling of what
-batching can give, whatever the server does; and a bare generate call per request, for latency.
+Two in-process references on the same inputs, measured in the same rounds between the servers' runs:
+generation alone (one ``generate_prompts`` call of the largest concurrency vs that many calls of one),
+the ceiling of what batching can give whatever the server does; and a bare generate call per request,
+for the latency at concurrency 1.
 
     python bench/serve.py [--requests 64] [--max-tokens 32] [--threads 1] [--rounds 3]
 """
@@ -103,6 +104,11 @@ def main() -> None:
                 )
                 urls[mode] = server.url
                 _load(f"{server.api}/chat/completions", bodies[:4], 4)  # warm-up
+            # The in-process references run in the same rounds, between the servers' runs.
+            generator = _generator(model_dir, args.max_tokens)
+            largest = max(args.concurrency)
+            bare: list[float] = []
+            ceiling: list[tuple[float, float]] = []
             for concurrency in args.concurrency:
                 count = max(concurrency, args.requests // 4) if concurrency == 1 else args.requests
                 for round_index in range(args.rounds):
@@ -112,11 +118,12 @@ def main() -> None:
                         runs.setdefault((mode, concurrency), []).append(
                             _load(url, bodies[:count], concurrency)
                         )
+                    if concurrency == 1:
+                        bare += _bare_latencies(generator, bodies[:count])
+                    if concurrency == largest:
+                        ceiling.append(_generation_ceiling(generator, bodies[:largest]))
                 health = json.loads(urllib.request.urlopen(f"{urls['on']}/health").read())
                 batch_sizes[concurrency] = health["recent_batch_sizes"]
-            largest = max(args.concurrency)
-            ceiling = _generation_ceiling(model_dir, bodies[:largest], args.max_tokens, args.rounds)
-            bare = _bare_latencies(model_dir, bodies[: max(1, args.requests // 4)], args.max_tokens)
 
     print(
         f"exgra serve: tiny model, {args.requests} demo requests (real images, data: URLs), "
@@ -146,7 +153,8 @@ def main() -> None:
             )
     for concurrency, sizes in batch_sizes.items():
         print(f"batch sizes with batching on, up to concurrency {concurrency} (most recent last): {sizes}")
-    batched, single = ceiling
+    batched = statistics.median(seconds[0] for seconds in ceiling)
+    single = statistics.median(seconds[1] for seconds in ceiling)
     print(
         f"generation alone (in process, same {largest} inputs): one batch of {largest} {batched:.3f} s, "
         f"{largest} batches of 1 {single:.3f} s: {single / batched:.2f}x, the ceiling of the on/off ratio "
@@ -154,7 +162,7 @@ def main() -> None:
     )
     on_p95 = _percentile([latency for run in runs["on", 1] for latency in run[1]], 0.95)
     print(
-        f"bare generate (in process, same inputs): p50 {1000 * statistics.median(bare):.1f} ms, "
+        f"bare generate (in process, same inputs, same rounds): p50 {1000 * statistics.median(bare):.1f} ms, "
         f"p95 {1000 * _percentile(bare, 0.95):.1f} ms; served p95 at concurrency 1 / bare p95 = "
         f"{on_p95 / _percentile(bare, 0.95):.3f}"
     )
@@ -177,29 +185,22 @@ def _inputs(generator: object, body: dict) -> tuple[str, torch.Tensor]:
     return generator.build_conversation_prompt([("human", text["text"])], images_per_turn=[1]), pixel_values
 
 
-def _generation_ceiling(
-    model_dir: Path, bodies: list[dict], max_tokens: int, rounds: int
-) -> tuple[float, float]:
-    """Median seconds of one batched ``generate_prompts`` call over ``bodies`` and of one call per body."""
-    generator = _generator(model_dir, max_tokens)
+def _generation_ceiling(generator: object, bodies: list[dict]) -> tuple[float, float]:
+    """Seconds of one batched ``generate_prompts`` call over ``bodies`` and of one call per body."""
     prompts, images = zip(*(_inputs(generator, body) for body in bodies), strict=True)
     pixel_values = torch.cat(images)
     generator.generate_prompts(list(prompts[:2]), pixel_values[:2])  # warm-up
-    batched, single = [], []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        generator.generate_prompts(list(prompts), pixel_values)
-        batched.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        for index, prompt in enumerate(prompts):
-            generator.generate_prompts([prompt], pixel_values[index : index + 1])
-        single.append(time.perf_counter() - started)
-    return statistics.median(batched), statistics.median(single)
+    started = time.perf_counter()
+    generator.generate_prompts(list(prompts), pixel_values)
+    batched = time.perf_counter() - started
+    started = time.perf_counter()
+    for index, prompt in enumerate(prompts):
+        generator.generate_prompts([prompt], pixel_values[index : index + 1])
+    return batched, time.perf_counter() - started
 
 
-def _bare_latencies(model_dir: Path, bodies: list[dict], max_tokens: int) -> list[float]:
+def _bare_latencies(generator: object, bodies: list[dict]) -> list[float]:
     """One generate call per request through the generation path, no HTTP, no queue."""
-    generator = _generator(model_dir, max_tokens)
     latencies = []
     for body in [bodies[0], *bodies]:  # the first is a warm-up
         started = time.perf_counter()
