@@ -26,8 +26,8 @@ def standalone_model(model: Any, dtype: torch.dtype) -> Any:
     weights dequantised to ``dtype`` (training goes on with the original, e.g. after a best-model save).
 
     The adapters are merged into the dequantised weights rather than into the 4-bit ones (peft's
-    ``merge_and_unload`` on a 4-bit model re-quantises the sum, which rounds most of a small LoRA
-    update away): each adapter's ``get_delta_weight`` is taken first, the adapters are removed, the base
+    ``merge_and_unload`` on a 4-bit model re-quantises the sum, adding NF4 rounding error to the trained
+    update): each adapter's ``get_delta_weight`` is taken first, the adapters are removed, the base
     dequantised, and the deltas added to its weights.
     """
     peft = hasattr(model, "unload")

@@ -114,3 +114,65 @@ def _image():
     from PIL import Image
 
     return Image.new("RGB", (48, 40), (120, 30, 200))
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-gemma3", "tiny-smolvlm", "tiny-llava-siglip"]
+)
+def test_a_real_4bit_model_saves_dequantised_with_its_adapters_merged(name, tmp_path):
+    """Where bitsandbytes is installed (the ``gpu`` extra; its CPU backend needs no GPU): the family's
+    config really quantises the decoder only, and the run's save writes plain bf16 weights whose logits
+    are the 4-bit model's with its adapters, not the 4-bit model's without them."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from exgra.training.checkpoint import save_model_dir
+
+    torch.manual_seed(0)
+    bundle = create_model(name)
+    family = bundle.family
+    bundle.save(tmp_path / "base")
+    # exgra refuses 4 bit without CUDA (the GPU kernels); transformers loads it on bitsandbytes' CPU backend.
+    quantized = type(bundle.model).from_pretrained(
+        tmp_path / "base",
+        dtype=torch.bfloat16,
+        quantization_config=bits_and_bytes_config(family.quantization_skip_modules),
+        device_map={"": "cpu"},
+    )
+    four_bit = {id(m) for m in quantized.modules() if type(m).__name__ == "Linear4bit"}
+    decoder_linears = {
+        id(m) for m in family.language_model(quantized).modules() if type(m).__name__ == "Linear4bit"
+    }
+    assert four_bit and four_bit == decoder_linears
+    loaded = load_model(tmp_path / "base")
+    loaded.model = quantized
+    loaded.config = loaded.config.model_copy(update={"quantization": "4bit", "dtype": "bfloat16"})
+    vision = family.preprocess_images(loaded, [_image()])
+    inputs = family.generation_inputs(loaded, [family.prompt(loaded, "What is shown?")], vision)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+
+    def logits(model):
+        # Train mode (no dropout in these models): in eval mode bitsandbytes' CPU backend repacks the 4-bit
+        # weights in place into a CPU-only layout that transformers' dequantize does not read (GPUs never do).
+        return model.train()(**inputs).logits.float()
+
+    with torch.no_grad():
+        without_adapters = logits(quantized)
+    model = prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+    targets = rf".*{family.language_model_pattern}.*\.(q_proj|v_proj)"
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                param.normal_(0, 0.05)
+        adapted = logits(model)
+    save_model_dir(types.SimpleNamespace(model=model, alignment=None), loaded, tmp_path / "final")
+
+    assert "quantization_config" not in json.loads((tmp_path / "final" / "config.json").read_text())
+    weights = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert {value.dtype for value in weights.values()} == {torch.bfloat16}
+    assert not any("lora_" in key or "absmax" in key or "quant" in key for key in weights)
+    saved = load_model(tmp_path / "final")  # on CPU, quantization=none
+    with torch.no_grad():
+        error = (logits(saved.model) - adapted).abs().max()
+    assert error < 0.1 * (without_adapters - adapted).abs().max(), error
