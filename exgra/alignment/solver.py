@@ -40,6 +40,7 @@ _MAX_ITERATIONS_FACTOR = 8
 # Largest dense image table (floats, all problems together) the local search builds: 64 MiB, which covers
 # six problems of n = 64 (k = 5); larger problems use the incidence lists.
 _DENSE_TABLE_LIMIT = 1 << 24
+_SMALL_TABLE_WIDTH = 33  # up to n2 = 32 the table pays off even for the plain search's few starts
 
 
 def _as_batch(
@@ -127,6 +128,9 @@ class _Problem:
         self.quadratic_input = quadratic
         self._image_table: Tensor | None = None
         self._uniform: Tensor | None = None
+        # Building the table costs about as much as a few search rounds over the incidence lists at n = 64:
+        # the plain search (3 starts) uses it only for small problems (or when a forward solve built it).
+        self.table_wanted = True
         width = n2 + 1
         src1 = torch.where(keep1, src1, 0)
         dst1 = torch.where(keep1, dst1, 0)
@@ -201,7 +205,8 @@ class _Problem:
         half edge instead of a walk over incidence lists (about 5x fewer operations at n = 16); it needs
         ``2·E1·W²`` floats per problem, so large problems keep the incidence lists.
         """
-        if self._image_table is None and self.problems * 2 * self.e1 * self.width**2 <= _DENSE_TABLE_LIMIT:
+        size = self.problems * 2 * self.e1 * self.width**2
+        if self._image_table is None and self.table_wanted and size <= _DENSE_TABLE_LIMIT:
             problems, e1, width = self.problems, self.e1, self.width
             keys = (self.right_src * width + self.right_dst)[:, None, :].expand(-1, e1, -1)
             quadratic = self.quadratic_input
@@ -659,6 +664,7 @@ def _solve(
     problems, n1, n2 = problem.problems, problem.n1, problem.n2
     device = problem.unary.device
     tolerance = _tolerance(problem)
+    problem.table_wanted = search == "iterated" or problem.width <= _SMALL_TABLE_WIDTH
     starts = [_greedy_rounding(torch.stack([problem.unary_matrix(), problem.uniform_linearisation()], 1), n2)]
     if warm_start is not None:
         warm = warm_start.to(device)
