@@ -8,20 +8,23 @@ unmatched nodes cost nothing) minimising
 
 Algorithm: a vectorised best-improvement local search over a matching ``σ`` (row → column, or the
 dummy column ``n2`` for "unmatched"). The quadratic part is ``xᵀAx`` with a sparse ``A``; its linear
-term ``g = (A + Aᵀ)x`` is computed from CSR-like incidence lists of the right graph (each left edge reads
-only the right edges at its partner's column), and with it the exact objective change of every move:
-move a row to a free column or to the dummy, swap the columns of two rows, or let one row take another's
-column (the other becomes unmatched). Every row proposes its best move; proposals that rank first among
-all proposals touching their rows or those rows' E1-neighbours (and among those wanting the same free
-column) are applied together, since their changes add up exactly.
+term ``g = (A + Aᵀ)x`` is read, per left edge, from the right graph's costs at its partner's column: a
+dense per-edge table of image costs for problems up to n ≈ 64, CSR-like incidence lists beyond. With it
+come the exact objective changes of every move: move a row to a free column or to the dummy, swap the
+columns of two rows, or let one row take another's column (the other becomes unmatched). Every row
+proposes its best move; proposals that rank first among all proposals touching their rows or those rows'
+E1-neighbours (and among those wanting the same free column) are applied together, since their changes add
+up exactly. All starts of all problems are searched as one batch of "chains"; a chain without an improving
+move is final and leaves the batch.
 
-Starts, run as one batch: greedy on the unary costs, greedy on a linearisation at the uniform matching,
-the warm start (backward solves) or else 8 fixed pseudo-random partial matchings (seeded by the sizes).
-Then iterated local search: rounds of 8 kicks of the incumbent (a row's closed E1-neighbourhood
-unassigned, or a row forced onto its best other column) searched again as one batch, while a round
-improves some problem. A Gilmore–Lawler-style lower bound certifies a problem optimal and stops its
-search (``_solve_and_keep`` reports the certificate per problem). The result is a deterministic function
-of the input, and never worse than the plain local search from the same greedy starts.
+Starts: greedy on the unary costs, greedy on a linearisation at the uniform matching, the warm start
+(backward solves) and, in a forward ``iterated`` solve, 8 fixed pseudo-random partial matchings (seeded by
+the sizes; fewer above n = 64). Then, for the problems whose best matching fewer than half of the starts
+reached, kicks of the incumbent (a row's closed E1-neighbourhood unassigned, or a row forced onto its best
+other column), searched again as one batch, repeated while they improve. A Gilmore–Lawler-style lower
+bound certifies a problem optimal and skips its kicks (``_solve_and_keep`` reports the certificate per
+problem). The result is a deterministic function of the input, and never worse than the plain local search
+from the same greedy starts.
 """
 
 from __future__ import annotations
@@ -305,47 +308,66 @@ class _Chains:
     """
 
     def __init__(self, problem: _Problem, owner: Tensor) -> None:
-        self.problem, self.owner = problem, owner  # owner [C]: the problem of each chain
+        self.problem = problem
         n1, width, e1 = problem.n1, problem.width, problem.e1
         device = owner.device
         chains = owner.shape[0]
         self.table = problem.image_table()
-        self.unary = problem.unary.index_select(0, owner)  # [C, n1 * W]
-        self.partner = problem.half_partner.index_select(0, owner)  # [C, 2 * E1]
-        rows = problem.half_row.index_select(0, owner) // width  # [C, 2 * E1]
-        # Flat row (chain, row) each half edge adds to; the rows of h are W-vectors.
-        self.target = (torch.arange(chains, device=device)[:, None] * n1 + rows).view(-1)
-        half_edge = torch.arange(2 * e1, device=device) % e1 if e1 else torch.zeros(0, dtype=torch.long)
+        # Per-chain tensors (row c belongs to chain c; subset() selects rows of all of them).
+        per_chain = {
+            "owner": owner,  # the problem of each chain
+            "unary": problem.unary.index_select(0, owner),  # [C, n1 * W]
+            "partner": problem.half_partner.index_select(0, owner),  # [C, 2 * E1]
+            "half_rows": problem.half_row.index_select(0, owner) // width,  # [C, 2 * E1]
+            "pair_index": problem.pair_index.index_select(0, owner)[:, None, :].expand(-1, 2, -1),
+        }
+        per_chain["neighbour_from"], per_chain["neighbour_to"] = (
+            pairs.index_select(0, owner) for pairs in problem.neighbour_pairs()
+        )
+        half_edge = torch.arange(2 * e1, device=device) % max(e1, 1)
         if self.table is not None:
             # Row (problem, side, edge, column) of the table; side 0 for the source row's half edge.
             side = torch.arange(2 * e1, device=device) // max(e1, 1)
-            self.table_row = ((owner[:, None] * 2 + side) * e1 + half_edge) * width
+            per_chain["table_row"] = ((owner[:, None] * 2 + side) * e1 + half_edge) * width
             # Flat index of D[p, a, 0, 0] (side 1 of the table), for both image lookups of each edge.
             image_base = (owner[:, None] * 2 * e1 + e1 + torch.arange(e1, device=device)) * width * width
-            self.image_base = image_base[:, None, :].expand(-1, 2, -1)
+            per_chain["image_base"] = image_base[:, None, :].expand(-1, 2, -1)
         else:
-            incidence_rows = 2 * width
-            self.list_row = owner[:, None] * incidence_rows + problem.half_side
-            self.value_base = ((owner[:, None] * e1 + half_edge) * (problem.e2 + 1))[..., None]
-            self.column_base = self.target.view(chains, -1, 1) * width
-            self.lookup_base = owner[:, None, None] * (width * width)
-            self.edge_base = (owner[:, None, None] * e1 + torch.arange(e1, device=device)) * (problem.e2 + 1)
-        self.neighbour_from, self.neighbour_to = (t.index_select(0, owner) for t in problem.neighbour_pairs())
-        self.pair_index = problem.pair_index.index_select(0, owner)[:, None, :].expand(
-            -1, 2, -1
-        )  # [C, 2, E1]
-        # Constants of every search round, made once per chain set (each op costs microseconds here).
+            per_chain["list_row"] = owner[:, None] * (2 * width) + problem.half_side
+            per_chain["value_base"] = ((owner[:, None] * e1 + half_edge) * (problem.e2 + 1))[..., None]
+            per_chain["lookup_base"] = owner[:, None, None] * (width * width)
+            edge = torch.arange(e1, device=device)
+            per_chain["edge_base"] = (owner[:, None, None] * e1 + edge) * (problem.e2 + 1)
+        self.per_chain = per_chain
+        self.__dict__.update(per_chain)
+        # Constants of every search round, made once (each op costs microseconds here); subsets slice them.
         self.rows = torch.arange(n1, device=device)
-        self.row_ranks = self.rows.expand(chains, -1)
         self.eye = torch.eye(n1, dtype=torch.bool, device=device)
-        self.all_free = torch.ones(chains, width, dtype=torch.bool, device=device)
-        self.no_claim = torch.full((chains, 1), n1, dtype=torch.long, device=device)
-        self.no_column_claim = torch.full((chains, width + n1), n1, dtype=torch.long, device=device)
         self.unmatched_bucket = width + self.rows
+        self.constants = {
+            "row_ranks": self.rows.expand(chains, -1),
+            "all_free": torch.ones(chains, width, dtype=torch.bool, device=device),
+            "no_claim": torch.full((chains, 1), n1, dtype=torch.long, device=device),
+            "no_column_claim": torch.full((chains, width + n1), n1, dtype=torch.long, device=device),
+        }
+        self._place(chains)
+
+    def _place(self, chains: int) -> None:
+        """Set what depends on the chains' positions in the batch (and on their number)."""
+        self.__dict__.update({name: value[:chains] for name, value in self.constants.items()})
+        # Flat row (chain, row) each half edge adds to; the rows of h are W-vectors.
+        positions = torch.arange(chains, device=self.owner.device)[:, None] * self.problem.n1
+        self.target = (positions + self.half_rows).view(-1)
+        if self.table is None:
+            self.column_base = self.target.view(chains, -1, 1) * self.problem.width
 
     def subset(self, keep: Tensor) -> _Chains:
-        """The chains at indices ``keep``."""
-        return _Chains(self.problem, self.owner.index_select(0, keep))
+        """The chains at indices ``keep`` (a few row selections, no rebuilding)."""
+        other = copy.copy(self)
+        other.per_chain = {name: value.index_select(0, keep) for name, value in self.per_chain.items()}
+        other.__dict__.update(other.per_chain)
+        other._place(keep.shape[0])
+        return other
 
     def terms(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """``h [C, n1, W]`` and per E1 edge the cost of its current / reversed image ``[C, 2, E1]``."""
@@ -460,13 +482,14 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float) -> tuple[Tensor, 
     images = linear.new_zeros(count, 2, n1 * n1).scatter_add_(2, chains.pair_index, pair_values)
     images = images.view(count, 2, n1, n1)
     images = images + images.transpose(2, 3)
-    current = linear.gather(2, sigma[..., None]).squeeze(2)
+    # at_other[i, j] = h[i, σ(j)] (its diagonal is each row's current h); the pair corrections below make
+    # the deltas exact.
+    at_other = linear.gather(2, sigma[:, None, :].expand(-1, n1, -1))
+    current = at_other.diagonal(dim1=1, dim2=2)
     unmatched = sigma == n2
     # Free columns: those no matched row holds, and the dummy (only unmatched rows write to it).
     free = chains.all_free.scatter(1, sigma, unmatched)
     single_delta, single_col = (linear - current[..., None]).masked_fill_(~free[:, None, :], inf).min(2)
-    # at_other[i, j] = h[i, σ(j)]; the pair corrections make the deltas exact.
-    at_other = linear.gather(2, sigma[:, None, :].expand(-1, n1, -1))
     base = at_other - current[:, :, None] - current[:, None, :]
     # h counts the current image of an i-j edge twice and misses its new image: a swap gets the
     # exchanged image, a steal (j becomes unmatched) none.
@@ -588,10 +611,9 @@ def _resolve(
     return matching if unary_costs.dim() == 3 else matching[0]
 
 
-# Search effort (deterministic; measured in bench/alignment.py): pseudo-random extra starts of the first
-# pass, then rounds of kicks of the incumbent (a row and its E1-neighbours unassigned, or a row forced to
-# another column), stopping early once every problem is certified optimal by the lower bound or a round
-# improves nothing.
+# Search effort (deterministic; quality and time in bench/alignment.py): pseudo-random extra starts of the
+# first pass, then rounds of kicks of the incumbent (a row and its E1-neighbours unassigned, or a row forced
+# to another column) for the problems the starts disagree on, while a round improves them.
 _RANDOM_STARTS = 8  # forward solves only: the backward's warm start already sits in the right basin
 # Above this many rows the random starts thin out (8·64/n, at least 2): each costs a local search of about
 # n/2 iterations over n² terms, and at these sizes the target is "never worse than the plain search", which
@@ -687,8 +709,8 @@ def _solve(
     sigma, value = _best_of(found, values)
     bound = problem.lower_bound() if certify else torch.full_like(value, -float("inf"))
     certified = value <= bound + tolerance
-    # Kicks for the problems whose best matching fewer than half of the starts reached (over 2,100 pipeline
-    # problems, n = 5–64, the kicks improved 6, 5 of them below that agreement; bench/alignment.py).
+    # Kicks for the problems whose best matching fewer than half of the starts reached: on 2,100 pipeline
+    # problems (n = 5–64) the kicks improved 6, 5 of them below that agreement (docs/alignment.md).
     agreement = (values <= value[:, None] + tolerance).sum(1)
     kick = ~certified & (2 * agreement < starts.shape[1]) & iterated
     for round_index in range(_KICK_ROUNDS):

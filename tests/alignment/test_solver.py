@@ -287,3 +287,32 @@ def test_dense_table_and_incidence_lists_give_the_same_matchings(monkeypatch: py
         results[limit] = (matching, resolved)
     (dense, dense_resolved), (lists, lists_resolved) = results.values()
     assert torch.equal(dense, lists) and torch.equal(dense_resolved, lists_resolved)
+
+
+def test_search_and_objective_on_a_subset_of_problems_equal_the_full_batch() -> None:
+    # The kicks search only some problems of a batch: restricting to a subset must change nothing for them.
+    from tests.alignment.instances import pipeline_problem
+
+    problems = [pipeline_problem(9, seed) for seed in range(4)]
+    stacked = [torch.stack(parts) for parts in zip(*problems, strict=True)]
+    with torch.inference_mode():
+        unary, quadratic, left, right, _ = solver._as_batch(*stacked)
+        problem = solver._Problem(unary, quadratic, left, right)
+        generator = torch.Generator().manual_seed(0)
+        starts = torch.stack([torch.randperm(9, generator=generator) for _ in range(4 * 3)]).view(4, 3, 9)
+        full = solver._local_search(problem, starts, 1e-6)
+        only = torch.tensor([3, 1])
+        subset = solver._local_search(problem, starts[only], 1e-6, only)
+        assert torch.equal(subset, full[only])
+        assert torch.equal(problem.objective(subset, only), problem.objective(full)[only])
+    for index in only.tolist():  # and the objective is the independent numpy one
+        for start in range(3):
+            sigma = full[index, start].numpy().copy()
+            sigma[sigma == 9] = -1
+            expected = _objective_numpy(
+                sigma,
+                *(t.double().numpy() for t in problems[index][:2]),
+                problems[index][2].numpy(),
+                problems[index][3].numpy(),
+            )
+            assert float(problem.objective(full)[index, start]) == pytest.approx(expected, abs=1e-4)
