@@ -5,8 +5,9 @@ Run from the repository root on a machine with CUDA (``pip install -e ".[gpu,lor
     python bench/gpu_check.py [--models tiny-qwen2.5-vl tiny-gemma3] [--batch 8] [--steps 10]
         [--peak-tflops 989] [--skip-fsdp]
 
-1. **QLoRA**: the model is saved, reloaded with ``model.quantization=4bit`` (bitsandbytes NF4, double
-   quantisation, bf16 compute) and trained through LoRA adapters for a few steps with the alignment on;
+1. **QLoRA** (every family, LLaVA included): the model is saved, reloaded with ``model.quantization=4bit``
+   (bitsandbytes NF4, double quantisation, bf16 compute; LLaVA from ``path=`` with its tower and
+   projector kept in bf16) and trained through LoRA adapters for a few steps with the alignment on;
    the check is that the 4-bit base weights stay frozen and the adapters and projector move.
 2. **bf16 step with alignment**: median step time (forward + backward + AdamW), tokens per second and
    model FLOPs utilisation ``MFU = 6 * trainable-and-frozen parameters * tokens / step time / peak``
@@ -46,8 +47,16 @@ def _bundle(spec: str, **overrides):
 
     name, _, weights = spec.partition("=")
     if weights:
-        overrides["llm"] = weights
+        overrides[_weights_key(name)] = weights
     return create_model(name, **overrides)
+
+
+def _weights_key(name: str) -> str:
+    """LLaVA loads a complete checkpoint (``path=``: a converted one or a llava-hf folder); the
+    chat-template families load their released folder as ``llm=``."""
+    from exgra.models import create_model
+
+    return "path" if create_model(name, device="meta").family.name == "llava" else "llm"
 
 
 def _batch(bundle, batch_size: int, device: torch.device) -> dict:
@@ -99,17 +108,21 @@ def check_qlora(spec: str, steps: int) -> str:
     from exgra.training.steps import TrainingModule
 
     name, _, weights = spec.partition("=")
-    bundle = _bundle(spec)
     if not weights:  # a tiny preset: save it so that it can be reloaded from weights in 4 bit
         weights = tempfile.mkdtemp(prefix="exgra-qlora-")
-        bundle.save(Path(weights) / "model")
+        _bundle(spec).save(Path(weights) / "model")
         weights = str(Path(weights) / "model")
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from exgra.models import create_model
 
-    quantized = create_model(name, llm=weights, quantization="4bit", dtype="bfloat16")
+    quantized = create_model(name, **{_weights_key(name): weights}, quantization="4bit", dtype="bfloat16")
     family = quantized.family
+    four_bit_names = [n for n, m in quantized.model.named_modules() if type(m).__name__ == "Linear4bit"]
+    if family.quantization_skip_modules and any(
+        family.parameter_group(n) in ("vision", "projector") for n in four_bit_names
+    ):
+        return f"QLoRA {spec}: FAILED (the vision tower or projector was quantised)"
     model = prepare_model_for_kbit_training(quantized.model)
     targets = rf".*{family.language_model_pattern}.*\.(q_proj|k_proj|v_proj|o_proj)"
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
@@ -178,8 +191,7 @@ def main() -> None:
     for spec in args.models:
         print(check_step(spec, args.batch, args.steps, args.peak_tflops))
     for spec in args.models:
-        if _bundle(spec, device="meta").family.name != "llava":
-            print(check_qlora(spec, 3))
+        print(check_qlora(spec, 3))
     if not args.skip_fsdp:
         for spec in args.models:
             if "=" not in spec:

@@ -19,7 +19,7 @@ def models_table() -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    from exgra.models import list_models
+    from exgra.model_specs import list_models  # torch-free: the table is static data
 
     table = Table(title="exgra models", show_lines=True, expand=False)
     table.add_column("name", no_wrap=True, style="bold")

@@ -21,6 +21,7 @@ from exgra.data.collate import tokenize_conversation, tokenize_text
 from exgra.data.records import alignment_text, load_image
 from exgra.data.templates import image_token_string
 from exgra.errors import DataError
+from exgra.vocabulary import IMAGE_PATCH_TOKEN
 
 __all__ = ["SupervisedDataset", "TemplateEncoder", "select_fraction"]
 
@@ -59,6 +60,7 @@ class TemplateEncoder:
         human_turn_masking: str = "full",
         use_im_start_end: bool = True,
         tokenization: str = "auto",
+        image_token: str = IMAGE_PATCH_TOKEN,
     ) -> None:
         self.tokenizer = tokenizer
         self.template = template
@@ -71,8 +73,8 @@ class TemplateEncoder:
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
         self.human_turn_masking = human_turn_masking
-        self.image_tokens = image_token_string(num_image_tokens, use_start_end=use_im_start_end)
-        self.image_token_id = tokenizer.convert_tokens_to_ids("<im_patch>")
+        self.image_tokens = image_token_string(num_image_tokens, use_im_start_end, image_token)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
 
     def __call__(self, image: Any, conversations: Sequence[Any]) -> dict[str, Any]:
         pixel_values = self.image_processor([image])[0]

@@ -49,11 +49,16 @@ _HUMAN_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant", "model"}
 
 
-def image_token_string(num_tokens: int, use_start_end: bool = True) -> str:
-    """`<im_start>` + `num_tokens` x `<im_patch>` + `<im_end>`; only the patches if not `use_start_end`."""
+def image_token_string(
+    num_tokens: int, use_start_end: bool = True, patch_token: str = IMAGE_PATCH_TOKEN
+) -> str:
+    """`<im_start>` + `num_tokens` x `<im_patch>` + `<im_end>`; only the patches if not `use_start_end`.
+
+    ``patch_token`` is the model's image token (``<image>`` in llava-hf checkpoints).
+    """
     if num_tokens <= 0:
         raise ValueError(f"num_tokens must be positive, got {num_tokens}")
-    patches = IMAGE_PATCH_TOKEN * num_tokens
+    patches = patch_token * num_tokens
     return f"{IMAGE_START_TOKEN}{patches}{IMAGE_END_TOKEN}" if use_start_end else patches
 
 

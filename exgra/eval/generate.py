@@ -225,7 +225,7 @@ class AnswerGenerator:
     def __init__(
         self, bundle: Any, template: str | None = None, settings: GenerationSettings | None = None
     ) -> None:
-        from exgra.data.templates import get_template, image_token_string
+        from exgra.data.templates import get_template
         from exgra.models.families import family_of
 
         self.bundle = bundle
@@ -242,10 +242,7 @@ class AnswerGenerator:
         self.template_name = bundle.template if native else (template or bundle.template)
         self.template = None if native else get_template(self.template_name)
         self.settings = settings or GenerationSettings()
-        use_start_end = getattr(getattr(bundle, "config", None), "use_im_start_end", True)
-        self.image_tokens = (
-            "" if native else image_token_string(bundle.num_image_tokens, use_start_end=use_start_end)
-        )
+        self.image_tokens = "" if native else bundle.image_tokens
         self.stop_strings = self.family.stop_strings(bundle, self.template_name)
 
     @property
@@ -330,7 +327,14 @@ class AnswerGenerator:
     ) -> str:
         """The prompt of a multi-turn conversation (``exgra serve``, ``exgra ask --chat``); one turn
         with one image gives exactly :meth:`build_prompt`."""
-        return self.template.conversation_prompt(turns, self.image_tokens, system, images_per_turn)
+        family, template = self.family, self.template_name
+        return family.conversation_prompt(self.bundle, turns, system, images_per_turn, template)
+
+    def join_vision(self, visions: Sequence[Any]) -> Any:
+        """The vision inputs of several requests (each what :meth:`preprocess` returned) as one batch's."""
+        if isinstance(visions[0], dict):
+            return self.family.collate_vision(list(visions))
+        return torch.cat(list(visions))
 
     @property
     def trigger_ids(self) -> torch.Tensor | None:
@@ -372,10 +376,10 @@ class AnswerGenerator:
             return []
         settings = settings or self.settings
         if self.template is None:
-            # A chat-template family renders image tokens itself: its prompts hold one placeholder each.
-            if pixel_values is None:
-                raise ExgraError(f"{self.family.name} models answer questions about one image each")
-            vision = pixel_values if isinstance(pixel_values, dict) else {"pixel_values": pixel_values}
+            # A chat-template family expands each image placeholder of its prompts itself (0, 1 or more).
+            vision = pixel_values
+            if vision is not None and not isinstance(vision, dict):
+                vision = {"pixel_values": vision}
             model_inputs = self.family.generation_inputs(self.bundle, prompts, vision)
         else:
             encoded = self.encode(prompts)

@@ -1,4 +1,7 @@
-"""Model registry, :class:`ModelBundle`, and building/loading models.
+"""Building and loading the registry's models, and :class:`ModelBundle`.
+
+The entries themselves (:class:`ModelSpec`, :func:`list_models`) are plain data in
+:mod:`exgra.model_specs`, re-exported here.
 
 ``create_model("tiny")`` builds a random tiny model offline in well under a second;
 ``create_model("exgra-med-7b-dci", path=DIR)`` loads a converted checkpoint; ``load_model(DIR)`` loads
@@ -14,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ from exgra.data.templates import (
 )
 from exgra.errors import ConfigError, ExgraError
 from exgra.io import staged_output_dir
-from exgra.models.config import ModelConfig
+from exgra.model_specs import ModelConfig, ModelSpec, get_model_spec, list_models
 from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
 from exgra.models.image_processor import ImageProcessor
 from exgra.models.modeling import ExgraLlavaConfig, ExgraLlavaForConditionalGeneration, VisionProjector
@@ -81,462 +84,20 @@ RUNTIME_KEYS = frozenset(
         "model_max_length",
         "image_conversion",
         "image_aspect_ratio",
+        "quantization",
     }
 )
 DTYPES = _DTYPES
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registry entry: a named preset of :class:`ModelConfig` fields."""
-
-    name: str
-    description: str
-    parameters: str
-    offline: bool
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-
-    def config(self, **overrides: Any) -> ModelConfig:
-        """The entry's :class:`ModelConfig` with ``overrides`` (nested dicts are merged)."""
-        data = merge_dicts({"name": self.name, **self.defaults}, overrides)
-        return validate_config(ModelConfig, data, f"model '{self.name}'")
-
-
-_TINY_LLM = {
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6,
+# Weight names of llava checkpoints written before transformers 4.52 and by transformers 5's stock
+# LlavaForConditionalGeneration.save_pretrained (the llava-hf layout: ``language_model.model.*``,
+# ``language_model.lm_head``, top-level ``vision_tower`` / ``multi_modal_projector``) -> the model's
+# names. transformers applies this mapping to its own class only; exgra's subclass passes it explicitly.
+LLAVA_HF_KEY_MAPPING = {
+    r"^language_model\.lm_head": "lm_head",
+    r"^language_model\.model": "model.language_model",
+    r"^vision_tower": "model.vision_tower",
+    r"^multi_modal_projector": "model.multi_modal_projector",
 }
-_TINY_VISION = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "projection_dim": 64,
-}
-_SMALL_LLM = {
-    "hidden_size": 512,
-    "intermediate_size": 1408,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6,
-}
-_SMALL_VISION = {
-    "image_size": 64,
-    "patch_size": 8,
-    "hidden_size": 384,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 6,
-    "projection_dim": 384,
-}
-# openai/clip-vit-large-patch14 and the LLaMA-7B of LLaVA-Med v1 (REFERENCE §1.1, §1.2).
-_CLIP_L = {
-    "image_size": 224,
-    "patch_size": 14,
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "projection_dim": 768,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
-_LLAMA_7B = {
-    "vocab_size": 32004,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6,
-}
-_SEVEN_B = {
-    "vision_tower": "openai/clip-vit-large-patch14",
-    "vision_config": _CLIP_L,
-    "llm_config": _LLAMA_7B,
-    "projector_type": "mlp2x_gelu",
-    "template": "legacy",
-    "dtype": "bfloat16",
-}
-
-# Tiny random members of the other families (a few hundred thousand to a few million parameters, built
-# offline from their transformers configs in well under a second); widths are small but every
-# family-specific part is there (M-RoPE, window attention, deepstack mergers, the Gemma 3 pooler).
-_TINY_TEXT = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-}
-_TINY_QWEN25 = {
-    "family": "qwen2.5-vl",
-    "template": "native",
-    "llm_config": {
-        **_TINY_TEXT,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-    },
-    "vision_config": {
-        "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 2,
-        "out_hidden_size": 128,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 56,
-        "fullatt_block_indexes": [1],
-    },
-}
-_TINY_QWEN3 = {
-    "family": "qwen3-vl",
-    "template": "native",
-    "llm_config": {
-        **_TINY_TEXT,
-        "head_dim": 32,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [4, 6, 6],
-            "mrope_interleaved": True,
-        },
-    },
-    "vision_config": {
-        "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 2,
-        "out_hidden_size": 128,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "deepstack_visual_indexes": [0],
-        "num_position_embeddings": 64,
-    },
-}
-# The SigLIP-style tower of the tiny Gemma 3 and SmolVLM presets (both families take a SigLIP config).
-_TINY_SIGLIP_TOWER = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-}
-_TINY_GEMMA3 = {
-    "family": "gemma3",
-    "template": "native",
-    "llm_config": {**_TINY_TEXT, "head_dim": 32, "sliding_window": 64},
-    "vision_config": dict(_TINY_SIGLIP_TOWER),
-    "hf_config": {"mm_tokens_per_image": 4},
-}
-_TINY_SMOLVLM = {
-    "family": "smolvlm",
-    "template": "native",
-    "llm_config": dict(_TINY_TEXT),
-    "vision_config": dict(_TINY_SIGLIP_TOWER),
-    "hf_config": {"scale_factor": 2},
-}
-_SMOLVLM_256M = {
-    "family": "smolvlm",
-    "template": "native",
-    "dtype": "bfloat16",
-    "llm_config": {
-        "vocab_size": 49280,
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "max_position_embeddings": 8192,
-    },
-    "vision_config": {
-        "image_size": 512,
-        "patch_size": 16,
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-    },
-    "hf_config": {"scale_factor": 4},
-}
-_TINY_SIGLIP = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-}
-_TINY_LLAVA_SIGLIP = {
-    "llm_type": "mistral",
-    "vision_type": "siglip",
-    "template": "chat",
-    "llm_config": {**_TINY_LLM, "num_key_value_heads": 2, "sliding_window": None},
-    "vision_config": _TINY_SIGLIP,
-}
-# Real presets: the released architectures, so device="meta" builds them offline; weights come from
-# llm=<local dir or hub id> (or path=<a saved exgra checkpoint>).
-_QWEN25_VL_7B = {
-    "family": "qwen2.5-vl",
-    "template": "native",
-    "dtype": "bfloat16",
-    "llm_config": {
-        "vocab_size": 152064,
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 128000,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-    },
-    "vision_config": {
-        "depth": 32,
-        "hidden_size": 1280,
-        "intermediate_size": 3420,
-        "num_heads": 16,
-        "out_hidden_size": 3584,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31],
-    },
-}
-_QWEN3_VL_8B = {
-    "family": "qwen3-vl",
-    "template": "native",
-    "dtype": "bfloat16",
-    "llm_config": {
-        "vocab_size": 151936,
-        "hidden_size": 4096,
-        "intermediate_size": 12288,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "max_position_embeddings": 262144,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 5000000.0,
-            "mrope_section": [24, 20, 20],
-            "mrope_interleaved": True,
-        },
-    },
-    "vision_config": {
-        "depth": 27,
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_heads": 16,
-        "out_hidden_size": 4096,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "deepstack_visual_indexes": [8, 16, 24],
-        "num_position_embeddings": 2304,
-    },
-}
-_MEDGEMMA_4B = {
-    "family": "gemma3",
-    "template": "native",
-    "dtype": "bfloat16",
-    "llm_config": {
-        "vocab_size": 262208,
-        "hidden_size": 2560,
-        "intermediate_size": 10240,
-        "num_hidden_layers": 34,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 256,
-        "sliding_window": 1024,
-    },
-    "vision_config": {
-        "image_size": 896,
-        "patch_size": 14,
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_hidden_layers": 27,
-        "num_attention_heads": 16,
-    },
-    "hf_config": {"mm_tokens_per_image": 256},
-}
-_LLAVA_15_7B = {
-    "template": "chat",
-    "dtype": "bfloat16",
-    "use_im_start_end": False,
-    "image_aspect_ratio": "pad",
-    "vision_tower": "openai/clip-vit-large-patch14-336",
-    "vision_config": {**_CLIP_L, "image_size": 336},
-    "llm_config": {**_LLAMA_7B, "vocab_size": 32064, "max_position_embeddings": 4096},
-}
-# LLaVA-Med v1.5 (microsoft/llava-med-v1.5-mistral-7b): Mistral-7B + CLIP ViT-L/14-336 + mlp2x_gelu.
-_CLIP_L_336 = {**_CLIP_L, "image_size": 336}
-_MISTRAL_7B = {
-    "vocab_size": 32001,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "hidden_act": "silu",
-    "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 1000000.0,
-}
-_LLAVA_MED_V15 = {
-    "vision_tower": "openai/clip-vit-large-patch14-336",
-    "vision_config": _CLIP_L_336,
-    "llm_config": _MISTRAL_7B,
-    "projector_type": "mlp2x_gelu",
-    "template": "mistral_instruct",
-    "use_im_start_end": False,
-    "image_aspect_ratio": "pad",
-    "dtype": "bfloat16",
-}
-
-_REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            "tiny",
-            "random tiny LLaMA + CLIP for tests and demos (32 px, 16 image tokens)",
-            "≈2.2 M",
-            True,
-            {"llm_config": _TINY_LLM, "vision_config": _TINY_VISION},
-        ),
-        ModelSpec(
-            "tiny-dci",
-            "tiny with the DCI dense connector",
-            "≈2.2 M",
-            True,
-            {"llm_config": _TINY_LLM, "vision_config": _TINY_VISION, "dense_connector": "dci"},
-        ),
-        ModelSpec(
-            "small",
-            "random ≈51 M model for training benchmarks (64 px, 64 image tokens)",
-            "≈51 M",
-            True,
-            {"llm_config": _SMALL_LLM, "vision_config": _SMALL_VISION},
-        ),
-        ModelSpec(
-            "llava-med-7b",
-            "LLaVA-Med v1: LLaMA-7B + CLIP ViT-L/14 + mlp2x_gelu; path=<converted dir> or llm=<weights>",
-            "≈7.1 B",
-            False,
-            dict(_SEVEN_B),
-        ),
-        ModelSpec(
-            "llava-med-v1.5-7b",
-            "LLaVA-Med v1.5: Mistral-7B + CLIP ViT-L/14-336 + mlp2x_gelu",
-            "≈7.6 B",
-            False,
-            dict(_LLAVA_MED_V15),
-        ),
-        ModelSpec(
-            "exgra-med-7b-dci",
-            "ExGra-Med DCI: llava-med-7b with the DCI dense connector (MERGE-Group/exgra-med-dci)",
-            "≈7.1 B",
-            False,
-            {**_SEVEN_B, "dense_connector": "dci"},
-        ),
-        ModelSpec(
-            "tiny-qwen2.5-vl",
-            "random tiny Qwen2.5-VL (dynamic resolution: 4-16 image tokens per image)",
-            "≈0.9 M",
-            True,
-            _TINY_QWEN25,
-        ),
-        ModelSpec(
-            "tiny-qwen3-vl",
-            "random tiny Qwen3-VL (dynamic resolution, deepstack mergers)",
-            "≈1.0 M",
-            True,
-            _TINY_QWEN3,
-        ),
-        ModelSpec(
-            "tiny-gemma3",
-            "random tiny Gemma 3 / MedGemma layout (SigLIP 32 px, 4 image tokens)",
-            "≈0.6 M",
-            True,
-            _TINY_GEMMA3,
-        ),
-        ModelSpec(
-            "tiny-smolvlm",
-            "random tiny SmolVLM / Idefics3 (images split into tiles: 4 tokens per tile)",
-            "≈0.7 M",
-            True,
-            _TINY_SMOLVLM,
-        ),
-        ModelSpec(
-            "tiny-llava-siglip",
-            "random tiny LLaVA with a Mistral LM and a SigLIP tower (chat template, 16 image tokens)",
-            "≈2.1 M",
-            True,
-            _TINY_LLAVA_SIGLIP,
-        ),
-        ModelSpec(
-            "qwen2.5-vl-7b",
-            "Qwen2.5-VL-7B-Instruct: llm=<local dir or Qwen/Qwen2.5-VL-7B-Instruct>",
-            "≈8.3 B",
-            False,
-            _QWEN25_VL_7B,
-        ),
-        ModelSpec(
-            "qwen3-vl-8b",
-            "Qwen3-VL-8B-Instruct: llm=<local dir or Qwen/Qwen3-VL-8B-Instruct>",
-            "≈8.8 B",
-            False,
-            _QWEN3_VL_8B,
-        ),
-        ModelSpec(
-            "medgemma-4b",
-            "MedGemma 4B (Gemma 3 + MedSigLIP): llm=<local dir or google/medgemma-4b-it>",
-            "≈4.3 B",
-            False,
-            _MEDGEMMA_4B,
-        ),
-        ModelSpec(
-            "smolvlm-256m",
-            "SmolVLM-256M-Instruct, laptop-sized: llm=<local dir or HuggingFaceTB/SmolVLM-256M-Instruct>",
-            "≈256 M",
-            False,
-            _SMOLVLM_256M,
-        ),
-        ModelSpec(
-            "llava-1.5-7b",
-            "LLaVA-1.5-7B architecture (Vicuna-7B + CLIP-L/336, chat template): llm=<Vicuna weights>",
-            "≈7.1 B",
-            False,
-            _LLAVA_15_7B,
-        ),
-    )
-}
-
-
-def list_models() -> list[ModelSpec]:
-    """All registry entries, in registry order."""
-    return list(_REGISTRY.values())
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    """The registry entry ``name``; a :class:`ConfigError` naming the valid entries otherwise."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}'; registered models: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
 
 
 @dataclass
@@ -558,9 +119,16 @@ class ModelBundle:
         return get_family(self.config.family)
 
     @property
+    def image_patch_token(self) -> str:
+        """The token the image features replace (``<im_patch>``; ``<image>`` in llava-hf checkpoints)."""
+        token_id = getattr(self.model.config, "image_token_id", None)
+        token = self.tokenizer.convert_ids_to_tokens(token_id) if token_id is not None else None
+        return token or IMAGE_PATCH_TOKEN
+
+    @property
     def image_tokens(self) -> str:
         """One image in a prompt: ``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``."""
-        return image_token_string(self.num_image_tokens, self.config.use_im_start_end)
+        return image_token_string(self.num_image_tokens, self.config.use_im_start_end, self.image_patch_token)
 
     @property
     def conversation_template(self) -> ConversationTemplate:
@@ -592,7 +160,7 @@ class ModelBundle:
         """
         from transformers import LlavaProcessor
 
-        collapsed = image_token_string(1, self.config.use_im_start_end)
+        collapsed = image_token_string(1, self.config.use_im_start_end, self.image_patch_token)
         template = chat_template(self.template, collapsed)
         self.tokenizer.chat_template = template
         vision = self.model.config.vision_config
@@ -602,7 +170,7 @@ class ModelBundle:
             patch_size=vision.patch_size,
             vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
             chat_template=template,
-            image_token=IMAGE_PATCH_TOKEN,
+            image_token=self.image_patch_token,
             # CLIP's CLS token, dropped by the "default" strategy; SigLIP has none ("full").
             num_additional_image_tokens=0 if "siglip" in vision.model_type else 1,
         )
@@ -867,12 +435,25 @@ def _saved_config(path: Path, hf_config: PretrainedConfig, family: str = "llava"
     if family != "llava":
         return ModelConfig(name=path.name, family=family, template="native")
     # A llava checkpoint written by other tools: describe it from its transformers config.
+    fields: dict[str, Any] = {}
+    if _llava_hf_layout(path):
+        # llava-hf (LLaVA-1.5 as transformers publishes it): N x <image> without <im_start>/<im_end>,
+        # Vicuna-v1 conversations (exgra's "chat"), images prepared as its processor files say.
+        fields = {"template": "chat", "use_im_start_end": False}
     return ModelConfig(
         name=path.name,
         dense_connector=getattr(hf_config, "dense_connector", "none"),
         projector_type=getattr(hf_config, "projector_type", "mlp2x_gelu"),
         vision_select_layer=hf_config.vision_feature_layer,
+        **fields,
     )
+
+
+def _llava_hf_layout(path: Path) -> bool:
+    """A llava checkpoint whose tokenizer has no ``<im_patch>`` (the llava-hf layout uses ``<image>``)."""
+    with hub_errors(str(path), "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return IMAGE_PATCH_TOKEN not in tokenizer.get_vocab()
 
 
 def load_model(path: str | Path, **overrides: Any) -> ModelBundle:
@@ -907,16 +488,32 @@ def load_llava(path: Path, config: ModelConfig) -> ModelBundle:
     """Load a ``llava`` / ``exgra_llava`` checkpoint directory."""
     from safetensors import SafetensorError
 
+    from exgra.models.families import get_family
+    from exgra.models.families.base import quantization_kwargs
+
     hf_config = AutoConfig.from_pretrained(path)
+    quantization = quantization_kwargs(config, get_family("llava").quantization_skip_modules)
     try:
-        model = ExgraLlavaForConditionalGeneration.from_pretrained(
-            path, config=hf_config, dtype=_DTYPES[config.dtype]
+        model, info = ExgraLlavaForConditionalGeneration.from_pretrained(
+            path,
+            config=hf_config,
+            dtype=_DTYPES[config.dtype],
+            key_mapping=LLAVA_HF_KEY_MAPPING,
+            output_loading_info=True,
+            **quantization,
         )
     except SafetensorError as exc:  # a truncated or damaged weights file (issue #12.10)
         raise ExgraError(
             f"the weights in {path} cannot be read ({exc}); the file is damaged or incomplete: "
             "download or save the model again"
         ) from exc
+    if info["missing_keys"]:
+        # Never answer with silently random weights (e.g. a layout whose names nothing maps).
+        missing = sorted(info["missing_keys"])
+        raise ExgraError(
+            f"{path} lacks {len(missing)} weights of its model (e.g. {missing[0]}); "
+            "the checkpoint is incomplete or in an unknown layout"
+        )
     _set_attention(model, config.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = ImageProcessor.from_pretrained(path, image_size=hf_config.vision_config.image_size)

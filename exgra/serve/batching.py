@@ -69,9 +69,11 @@ class StreamSink:
                 if any(stop.startswith(raw[-size:]) for stop in stops):
                     raw = raw[:-size]
                     break
-        if f"{generator.template.assistant_role}:".startswith(raw.strip()):
+        template = generator.template  # None for a chat-template family (no role prefix to drop)
+        if template is not None and f"{template.assistant_role}:".startswith(raw.strip()):
             return  # may still become the role prefix that clean_answer drops
-        safe = generator.template.clean_answer(raw).rstrip("\ufffd").rstrip()
+        safe = generator.family.clean_answer(generator.bundle, raw, generator.template_name)
+        safe = safe.rstrip("\ufffd").rstrip()
         if len(safe) > len(self.emitted) and safe.startswith(self.emitted):
             self.on_text(safe[len(self.emitted) :])
             self.emitted = safe
@@ -224,7 +226,7 @@ class BatchQueue:
             seed=settings.seed,
         )
         images = [request.pixel_values for request in batch if request.pixel_values is not None]
-        pixel_values = torch.cat(images) if images else None
+        pixel_values = self.generator.join_vision(images) if images else None
         streamer = _BatchStreamer(self.generator, batch) if any(r.stream for r in batch) else None
         return self.generator.generate_prompts(
             [request.prompt for request in batch],

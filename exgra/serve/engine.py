@@ -221,8 +221,19 @@ class ServeEngine:
         prompt = generator.build_conversation_prompt(
             conversation.turns, conversation.system, conversation.images_per_turn
         )
+        # The tokens the model reads: a chat-template family's image placeholders expanded (one per image
+        # feature), its prompt already holding its special tokens.
+        vision = (
+            pixel_values
+            if isinstance(pixel_values, dict) or pixel_values is None
+            else {"pixel_values": pixel_values}
+        )
+        text = generator.family.prompt_text(generator.bundle, prompt, vision)
         with self._counting_lock:
-            prompt_tokens = len(self._counting_tokenizer(prompt)["input_ids"])
+            ids = self._counting_tokenizer(text, add_special_tokens=generator.template is not None)[
+                "input_ids"
+            ]
+        prompt_tokens = len(ids)
         context = generator.tokenizer.model_max_length
         limit = getattr(getattr(generator.model.config, "text_config", None), "max_position_embeddings", None)
         context = min(context, limit) if limit else context

@@ -250,3 +250,76 @@ def write_v15(root: Path) -> tuple[Path, Path, CLIPVisionModel, MistralForCausal
     write_slow_tokenizer(source, {}, pad=None)
     write_shards(source, state, "safetensors")
     return source, tower_dir, tower, mistral, projector
+
+
+# llava-hf's processor chat template (llava-hf/llava-1.5-7b-hf): images first, then the text.
+LLAVA_HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def write_llava_hf(directory: Path) -> Path:
+    """A tiny ``LlavaForConditionalGeneration`` checkpoint laid out as llava-hf publishes LLaVA-1.5.
+
+    Everything is written by stock transformers: the LLaMA tokenizer (the real 32k SentencePiece model)
+    with ``<image>`` (32000) and ``<pad>`` (32001) added, a ``LlavaProcessor`` (CLIP image processor,
+    ``patch_size``, the ``default`` feature strategy, llava-hf's chat template), the model's
+    ``save_pretrained`` (sharded, in transformers' llava-hf key layout ``language_model.model.*``), plus
+    ``preprocessor_config.json`` and ``tokenizer.model`` as on the hub.
+    """
+    from transformers import (
+        AddedToken,
+        CLIPImageProcessorPil,
+        LlamaTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    directory.mkdir(parents=True)
+    spm = directory / "tokenizer.model"
+    shutil.copyfile(sentencepiece_model(), spm)
+    tokenizer = LlamaTokenizer.from_pretrained(directory, add_bos_token=True)
+    tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_HF_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(directory)
+    image_processor.save_pretrained(directory)
+    text = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        pad_token_id=32001,
+    )
+    vision = CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, projection_dim=WIDTH,
+    )  # fmt: skip
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=32000,
+        pad_token_id=32001,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=16,
+    )
+    torch.manual_seed(13)
+    LlavaForConditionalGeneration(config).save_pretrained(directory, max_shard_size="2MB")
+    return directory

@@ -424,23 +424,82 @@ out = processor(text=[text], images=[Image.open(sys.argv[2])], return_tensors="p
 assert not any(name.startswith("exgra") for name in sys.modules)
 save_file({"input_ids": out["input_ids"], "pixel_values": out["pixel_values"]}, sys.argv[3])
 """
+    stock, (_, mine) = _stock_and_exgra_inputs(script, final_dir, demo, tmp_path)
+    assert torch.equal(mine["input_ids"], stock["input_ids"])
+    torch.testing.assert_close(mine["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
+
+
+def _stock_and_exgra_inputs(script: str, final_dir: Path, demo, tmp_path: Path):
+    """``script DIR IMAGE OUT`` run in a fresh interpreter without exgra (its saved tensors), and exgra's
+    bundle with its generation inputs for "What is shown?" about the same image."""
+    from exgra.data.records import load_image
+    from exgra.models import load_model
+
     image = sorted(Path(demo.image_folder).rglob("*.png"))[0]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", script, str(final_dir), str(image), str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    stock = load_file(str(tmp_path / "o"))
-    from exgra.data.records import load_image
-    from exgra.models import load_model
-
     bundle = load_model(final_dir)
     family = bundle.family
     vision = family.preprocess_images(bundle, [load_image(image.parent, image.name)])
     mine = family.generation_inputs(bundle, [family.prompt(bundle, "What is shown?")], vision)
+    return load_file(str(tmp_path / "o")), (bundle, mine)
+
+
+# Qwen2.5-VL, Qwen3-VL and SmolVLM processors need torchvision (their video processors), which cannot be
+# installed beside the CPU torch (docs/models.md); the stock pieces they are made of load and are checked:
+# AutoTokenizer's chat template, the PIL image processor, the processor's image-token expansion rule.
+_STOCK_PIECES = """
+import json, sys, torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+path, image = sys.argv[1], Image.open(sys.argv[2]).convert("RGB")
+config = AutoConfig.from_pretrained(path)
+tokenizer = AutoTokenizer.from_pretrained(path)
+image_processor = AutoImageProcessor.from_pretrained(path)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+if config.model_type == "smolvlm":
+    from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+    vision = image_processor([[image]], return_tensors="pt", return_row_col_info=True)
+    seq = (config.vision_config.image_size // config.vision_config.patch_size) ** 2 // config.scale_factor**2
+    rows, cols = vision["rows"][0][0], vision["cols"][0][0]
+    tokens = ("<fake_token_around_image>", "<image>", "<global-img>")
+    block = get_image_prompt_string(rows, cols, seq, *tokens)
+    text = text.replace("<image>", block)
+    tensors = {"pixel_values": vision["pixel_values"], "pixel_attention_mask": vision["pixel_attention_mask"]}
+else:  # Qwen2.5-VL / Qwen3-VL processors: one <|image_pad|> per merged patch group
+    vision = image_processor([image], return_tensors="pt")
+    merge = image_processor.merge_size
+    count = int(vision["image_grid_thw"][0].prod()) // merge**2
+    text = text.replace("<|image_pad|>", "<|image_pad|>" * count)
+    tensors = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+model = AutoModelForImageTextToText.from_pretrained(path).eval()
+qwen3 = config.model_type == "qwen3_vl"
+extra = {"mm_token_type_ids": (ids == config.image_token_id).long()} if qwen3 else {}
+with torch.no_grad():
+    logits = model(input_ids=ids, **tensors, **extra).logits
+assert not any(name.startswith("exgra") for name in sys.modules), "exgra was imported"
+save_file({"input_ids": ids, "logits": logits, **tensors}, sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-smolvlm"])
+def test_stock_tokenizer_and_image_processor_prepare_exgras_inputs(name, demo, runs_root, tmp_path):
+    final_dir = _trained_run(name, demo, runs_root)
+    stock, (bundle, mine) = _stock_and_exgra_inputs(_STOCK_PIECES, final_dir, demo, tmp_path)
+    family = bundle.family
     assert torch.equal(mine["input_ids"], stock["input_ids"])
-    torch.testing.assert_close(mine["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
+    for key in family.vision_keys():
+        torch.testing.assert_close(mine[key], stock[key], rtol=0, atol=0)
+    with torch.no_grad():
+        logits = bundle.model.eval()(**mine).logits
+    torch.testing.assert_close(logits, stock["logits"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,8 @@ class ModelFamily:
     projector_markers: tuple[str, ...] = ("multi_modal_projector",)
     #: regex fragment matching the language model's module path (LoRA targets)
     language_model_pattern: str = "language_model"
+    #: module-path prefixes kept in bf16 under QLoRA (empty: transformers' default, the LM head only)
+    quantization_skip_modules: tuple[str, ...] = ()
 
     # ---- build / load
     def build(self, config: Any, device: str | None = None) -> Any:
@@ -192,14 +194,36 @@ class ModelFamily:
         """The prompt string for one question about one image (image placeholder not yet expanded)."""
         raise NotImplementedError
 
+    def conversation_prompt(
+        self,
+        bundle: Any,
+        turns: Sequence[tuple[str, str]],
+        system: str | None = None,
+        images_per_turn: Sequence[int] | None = None,
+        template: str | None = None,
+    ) -> str:
+        """The prompt of a conversation ending with a human turn (``exgra serve``, ``exgra ask --chat``):
+        ``(role, text)`` turns (``human`` / ``assistant``), each human turn's image count (0, 1 or more);
+        one turn with one image gives exactly :meth:`prompt`."""
+        raise NotImplementedError
+
     def preprocess_images(self, bundle: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         """PIL images -> this family's vision tensors for one batch."""
         raise NotImplementedError
 
+    def image_count(self, vision: dict[str, torch.Tensor]) -> int:
+        """How many images ``vision`` holds."""
+        return int(vision["pixel_values"].shape[0])
+
+    def prompt_text(self, bundle: Any, prompt: str, vision: dict[str, torch.Tensor] | None) -> str:
+        """``prompt`` with its image tokens in place, as the model reads it (to count its tokens)."""
+        return prompt
+
     def generation_inputs(
-        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor]
+        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor] | None
     ) -> dict[str, Any]:
-        """``model.generate`` keyword arguments for left-padded ``prompts`` (one image each)."""
+        """``model.generate`` keyword arguments for left-padded ``prompts``; ``vision`` holds every image
+        placeholder's image in prompt order (``None`` when no prompt has one)."""
         raise NotImplementedError
 
     def select_images(
@@ -221,9 +245,25 @@ class ModelFamily:
         return text.strip()
 
 
-def quantization_kwargs(config: Any) -> dict[str, Any]:
-    """``from_pretrained`` arguments for ``model.quantization`` (QLoRA: 4-bit NF4 base weights with double
-    quantisation and bf16 compute, the recipe of MedGemma's fine-tuning notebook); ``{}`` for ``none``."""
+def bits_and_bytes_config(skip_modules: Sequence[str] = ()) -> Any:
+    """QLoRA's ``BitsAndBytesConfig``: 4-bit NF4 base weights with double quantisation and bf16 compute and
+    storage (the recipe of MedGemma's fine-tuning notebook); ``skip_modules`` stay in bf16 (module-path
+    prefixes, matched as transformers' ``llm_int8_skip_modules``). Building it needs no bitsandbytes."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+        llm_int8_skip_modules=list(skip_modules) or None,
+    )
+
+
+def quantization_kwargs(config: Any, skip_modules: Sequence[str] = ()) -> dict[str, Any]:
+    """``from_pretrained`` arguments for ``model.quantization`` (:func:`bits_and_bytes_config` on the
+    process's GPU); ``{}`` for ``none``. Without CUDA or bitsandbytes: one clear :class:`ConfigError`."""
     if config.quantization == "none":
         return {}
     from exgra.errors import ConfigError
@@ -232,19 +272,12 @@ def quantization_kwargs(config: Any) -> dict[str, Any]:
         raise ConfigError("model.quantization=4bit (QLoRA) needs a CUDA GPU, and none is visible here")
     try:
         import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise ConfigError("model.quantization=4bit needs bitsandbytes: pip install 'exgra[gpu]'") from exc
     import os
 
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        bnb_4bit_quant_storage=torch.bfloat16,
-    )
-    return {"quantization_config": quantization, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"quantization_config": bits_and_bytes_config(skip_modules), "device_map": device_map}
 
 
 def _move(vision: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
@@ -335,8 +368,9 @@ class ChatFamily(ModelFamily):
                     with torch.device("meta"):
                         model = self.model_class(AutoConfig.from_pretrained(config.llm))
                 else:
+                    quantization = quantization_kwargs(config, self.quantization_skip_modules)
                     model = self.model_class.from_pretrained(
-                        config.llm, dtype=DTYPES[config.dtype], **quantization_kwargs(config)
+                        config.llm, dtype=DTYPES[config.dtype], **quantization
                     )
                 tokenizer = self._tokenizer(config)
                 image_processor = AutoImageProcessor.from_pretrained(config.llm)
@@ -360,7 +394,8 @@ class ChatFamily(ModelFamily):
 
         from exgra.models.registry import DTYPES, finish_family_bundle
 
-        model = self.model_class.from_pretrained(path, dtype=DTYPES[config.dtype])
+        quantization = quantization_kwargs(config, self.quantization_skip_modules)
+        model = self.model_class.from_pretrained(path, dtype=DTYPES[config.dtype], **quantization)
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.prepare_tokenizer(tokenizer)
         image_processor = AutoImageProcessor.from_pretrained(path)
@@ -471,9 +506,43 @@ class ChatFamily(ModelFamily):
         return output.loss, pooled
 
     # ---- generation
+    #: whether the chat template has a system role (otherwise the system text opens the first user turn)
+    system_role: bool = True
+
     def prompt(self, bundle: Any, question: str, template: str | None = None) -> str:
-        text = question.replace("<image>", "").strip()
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return self.conversation_prompt(bundle, [("human", question)], None, [1])
+
+    def _user_text(self, text: str) -> str:
+        # Client text must not smuggle image tokens in: their count must match the images.
+        for token in (*self.special_tokens, "<image>"):
+            text = text.replace(token, "")
+        return text.strip()
+
+    def conversation_prompt(
+        self,
+        bundle: Any,
+        turns: Sequence[tuple[str, str]],
+        system: str | None = None,
+        images_per_turn: Sequence[int] | None = None,
+        template: str | None = None,
+    ) -> str:
+        counts = list(images_per_turn) if images_per_turn is not None else [0] * len(turns)
+        messages: list[dict[str, Any]] = []
+        system_text = self._user_text(system) if system else ""
+        if system_text and self.system_role:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system_text}]})
+        for index, (role, text) in enumerate(turns):
+            text = self._user_text(text)
+            if role == "human":
+                if system_text and not self.system_role and not messages:
+                    text = f"{system_text}\n\n{text}".strip()
+                images = counts[index] if index < len(counts) else 0
+                parts: list[dict[str, Any]] = [{"type": "image"}] * images
+                if text:
+                    parts.append({"type": "text", "text": text})
+                messages.append({"role": "user", "content": parts})
+            else:
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
         return self.render(bundle, messages, True)
 
     def preprocess_images(self, bundle: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
@@ -482,15 +551,22 @@ class ChatFamily(ModelFamily):
         processed = bundle.image_processor([to_rgb(image) for image in images], return_tensors="pt")
         return {key: processed[key] for key in self.vision_keys()}
 
+    def prompt_text(self, bundle: Any, prompt: str, vision: dict[str, torch.Tensor] | None) -> str:
+        return self._expand(bundle, prompt, vision or {}, 0)[0]
+
     def generation_inputs(
-        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor]
+        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor] | None
     ) -> dict[str, Any]:
-        texts = []
-        for index, prompt in enumerate(prompts):
-            text, used = self._expand(bundle, prompt, vision, index)
-            if used != 1:
-                raise ValueError(f"a prompt needs exactly one image placeholder, found {used}")
+        available = self.image_count(vision) if vision is not None else 0
+        placeholders = sum(prompt.count(self.image_placeholder) for prompt in prompts)
+        if placeholders != available:
+            raise ValueError(f"the prompts hold {placeholders} image placeholders for {available} images")
+        texts, used = [], 0
+        for prompt in prompts:
+            # Each prompt's placeholders take the next images: vision holds them in prompt order.
+            text, count = self._expand(bundle, prompt, vision or {}, used)
             texts.append(text)
+            used += count
         tokenizer = bundle.tokenizer
         previous = tokenizer.padding_side
         tokenizer.padding_side = "left"
@@ -498,10 +574,9 @@ class ChatFamily(ModelFamily):
             encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tokenizer.padding_side = previous
-        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        moved = _move({key: vision[key] for key in self.vision_keys()}, bundle.model)
-        device = moved["pixel_values"].device
-        batch = {key: value.to(device) for key, value in batch.items()}
+        device = next(_unwrap(bundle.model).parameters()).device
+        batch = {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
+        moved = _move({key: vision[key] for key in self.vision_keys()}, bundle.model) if used else {}
         return {**batch, **moved, **self.model_inputs(bundle.model, batch)}
 
     def stop_token_ids(self, bundle: Any) -> list[int]:

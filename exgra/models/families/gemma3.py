@@ -49,6 +49,7 @@ class Gemma3Family(ChatFamily):
     image_token = "<image_soft_token>"
     end_of_turn = "<end_of_turn>"
     chat_template = GEMMA_CHAT_TEMPLATE
+    system_role = False  # Gemma's own template opens the first user turn with the system text
 
     named_tokens = {
         "boi_token": "<start_of_image>",

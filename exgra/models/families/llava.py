@@ -28,6 +28,9 @@ class LlavaFamily(ModelFamily):
     model_types = ("llava", "exgra_llava")
     vision_markers = ("vision_tower",)
     projector_markers = ("multi_modal_projector", "mm_projector", "projector")
+    # QLoRA quantises the language model only: the projector trains in every stage (4-bit weights cannot),
+    # and the small frozen tower keeps its bf16 features (LLaVA's own QLoRA recipe skips the projector too).
+    quantization_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
     def parameter_group(self, name: str) -> str:
         # Vision first: a tower's own "projection" layers belong to the tower.
@@ -42,14 +45,14 @@ class LlavaFamily(ModelFamily):
     def build(self, config: Any, device: str | None = None) -> Any:
         from exgra.models.registry import build_llava
 
-        if config.quantization != "none":
+        if config.quantization != "none" and device != "meta":
             from exgra.errors import ConfigError
             from exgra.models.families.base import quantization_kwargs
 
             quantization_kwargs(config)  # CUDA / bitsandbytes first, then what is missing here
             raise ConfigError(
-                "model.quantization=4bit is wired for the qwen2.5-vl, qwen3-vl, gemma3 and smolvlm families; "
-                "train LLaVA models with LoRA in bf16"
+                "model.quantization=4bit (QLoRA) loads a complete LLaVA checkpoint: set model.path=<a "
+                "llava-hf folder or an `exgra convert` output> instead of assembling it from model.llm"
             )
         return build_llava(config, device)
 
@@ -83,6 +86,7 @@ class LlavaFamily(ModelFamily):
             human_turn_masking,
             use_im_start_end,
             tokenization,
+            bundle.image_patch_token,
         )
 
     def collate_vision(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -115,11 +119,23 @@ class LlavaFamily(ModelFamily):
 
         return self._template(bundle, template).prompt(question_text(question), bundle.image_tokens)
 
+    def conversation_prompt(
+        self,
+        bundle: Any,
+        turns: Any,
+        system: str | None = None,
+        images_per_turn: Sequence[int] | None = None,
+        template: str | None = None,
+    ) -> str:
+        return self._template(bundle, template).conversation_prompt(
+            turns, bundle.image_tokens, system, images_per_turn
+        )
+
     def preprocess_images(self, bundle: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         return {"pixel_values": bundle.image_processor(list(images))}
 
     def generation_inputs(
-        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor]
+        self, bundle: Any, prompts: Sequence[str], vision: dict[str, torch.Tensor] | None
     ) -> dict[str, Any]:
         tokenizer = bundle.tokenizer
         # Restore the side afterwards: a training loop may share this tokenizer and pad on the right.
@@ -130,11 +146,13 @@ class LlavaFamily(ModelFamily):
         finally:
             tokenizer.padding_side = previous
         first = next(bundle.model.parameters())
-        return {
+        inputs = {
             "input_ids": encoded["input_ids"].to(first.device),
             "attention_mask": encoded["attention_mask"].to(first.device),
-            "pixel_values": vision["pixel_values"].to(device=first.device, dtype=first.dtype),
         }
+        if vision is not None:
+            inputs["pixel_values"] = vision["pixel_values"].to(device=first.device, dtype=first.dtype)
+        return inputs
 
     def stop_strings(self, bundle: Any, template: str | None = None) -> list[str]:
         return [s for s in self._template(bundle, template).stop_strings if s]

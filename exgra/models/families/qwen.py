@@ -60,6 +60,9 @@ class _QwenFamily(ChatFamily):
     def vision_keys(self) -> tuple[str, ...]:
         return ("pixel_values", "image_grid_thw")
 
+    def image_count(self, vision: dict[str, torch.Tensor]) -> int:
+        return len(vision["image_grid_thw"])
+
     def collate_vision(self, items: Any) -> dict[str, torch.Tensor]:
         return {key: torch.cat([item[key] for item in items]) for key in self.vision_keys()}
 

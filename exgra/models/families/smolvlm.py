@@ -73,6 +73,9 @@ class SmolVLMFamily(ChatFamily):
             "image_cols": torch.tensor([cols[0] for cols in processed["cols"]]),
         }
 
+    def image_count(self, vision: dict[str, torch.Tensor]) -> int:
+        return len(vision["image_rows"])
+
     def collate_vision(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tiles = max(item["pixel_values"].shape[1] for item in items)
 
