@@ -8,7 +8,9 @@ Run from the repository root on a machine with CUDA (``pip install -e ".[gpu,lor
 1. **QLoRA** (every family, LLaVA included): the model is saved, reloaded with ``model.quantization=4bit``
    (bitsandbytes NF4, double quantisation, bf16 compute; LLaVA from ``path=`` with its tower and
    projector kept in bf16) and trained through LoRA adapters for a few steps with the alignment on;
-   the check is that the 4-bit base weights stay frozen and the adapters and projector move.
+   the checks: only the language model's linear layers are 4-bit (tower, projector and LM head are not,
+   by each family's ``quantization_skip_modules``), the adapters move, and the run's save (LoRA merged
+   into the dequantised weights) reloads without quantisation with the 4-bit model's LM loss.
 2. **bf16 step with alignment**: median step time (forward + backward + AdamW), tokens per second and
    model FLOPs utilisation ``MFU = 6 * trainable-and-frozen parameters * tokens / step time / peak``
    (the usual dense-transformer estimate; ``--peak-tflops`` is the GPU's bf16 peak, 989 for H100/H200).
@@ -119,10 +121,9 @@ def check_qlora(spec: str, steps: int) -> str:
     quantized = create_model(name, **{_weights_key(name): weights}, quantization="4bit", dtype="bfloat16")
     family = quantized.family
     four_bit_names = [n for n, m in quantized.model.named_modules() if type(m).__name__ == "Linear4bit"]
-    if family.quantization_skip_modules and any(
-        family.parameter_group(n) in ("vision", "projector") for n in four_bit_names
-    ):
-        return f"QLoRA {spec}: FAILED (the vision tower or projector was quantised)"
+    kept = [n for n in four_bit_names if n == "lm_head" or family.parameter_group(f"{n}.weight") != "llm"]
+    if kept or not four_bit_names:
+        return f"QLoRA {spec}: FAILED (4-bit outside the language model: {kept[:3]}, or none at all)"
     model = prepare_model_for_kbit_training(quantized.model)
     targets = rf".*{family.language_model_pattern}.*\.(q_proj|k_proj|v_proj|o_proj)"
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
@@ -142,8 +143,37 @@ def check_qlora(spec: str, steps: int) -> str:
         not torch.equal(before[n], p.detach().float()) for n, p in model.named_parameters() if n in before
     )
     four_bit = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
-    status = "ok" if moved and four_bit else "FAILED"
-    return f"QLoRA {spec}: {four_bit} 4-bit linear layers, {moved}/{len(before)} LoRA tensors moved: {status}"
+    saved = _qlora_save_reloads(module, quantized, batch)
+    status = "ok" if moved and four_bit and saved.startswith("ok") else "FAILED"
+    return (
+        f"QLoRA {spec}: {four_bit} 4-bit linear layers, {moved}/{len(before)} LoRA tensors moved, "
+        f"saved checkpoint {saved}: {status}"
+    )
+
+
+def _qlora_save_reloads(module, quantized, batch: dict) -> str:
+    """Save the QLoRA model as a run does (LoRA merged into the dequantised weights), reload it without
+    quantisation and compare its LM loss on ``batch`` with the 4-bit model's."""
+    import json
+
+    from exgra.models import load_model
+    from exgra.training.checkpoint import save_model_dir
+
+    family = quantized.family
+    directory = Path(tempfile.mkdtemp(prefix="exgra-qlora-save-")) / "final"
+    save_model_dir(module, quantized, directory)
+    if "quantization_config" in json.loads((directory / "config.json").read_text()):
+        return "FAILED (config.json keeps a quantization_config)"
+    plain = load_model(directory, dtype="bfloat16")  # quantization=none from exgra_model.yaml
+    plain.model.to("cuda").eval()
+    module.model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        four_bit_loss = float(family.lm_forward(module.model, batch)[0])
+        plain_loss = float(family.lm_forward(plain.model, batch)[0])
+    module.model.train()
+    close = abs(four_bit_loss - plain_loss) <= 0.05 * abs(four_bit_loss) + 1e-3
+    verdict = "ok" if close else "FAILED"
+    return f"{verdict} (bf16 reload LM loss {plain_loss:.4f} vs 4-bit {four_bit_loss:.4f})"
 
 
 def check_fsdp(spec: str, family_name: str) -> str:
@@ -175,7 +205,9 @@ def check_fsdp(spec: str, family_name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", nargs="+", default=["tiny-qwen2.5-vl", "tiny-gemma3", "tiny-llava-siglip"]
+        "--models",
+        nargs="+",
+        default=["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-gemma3", "tiny-smolvlm", "tiny-llava-siglip"],
     )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)

@@ -140,11 +140,15 @@ class ModelBundle:
         The directory is written under a temporary name and renamed, so a crash never leaves a
         half-written checkpoint; an existing non-empty ``path`` is refused unless ``overwrite``.
         """
+        from exgra.models.merge import standalone_model
+
+        # LoRA merged, QLoRA's 4-bit weights dequantised: the checkpoint loads anywhere, CPU included.
+        model = standalone_model(self.model, _DTYPES[self.config.dtype])
         with staged_output_dir(path, overwrite) as tmp:
-            self.family.save(self, tmp)
-            saved = self.config.model_copy(
-                update={"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
-            )
+            self.family.save(self if model is self.model else dataclasses.replace(self, model=model), tmp)
+            # quantization is how a run loaded its base weights, not a property of the saved ones.
+            sources = {"path": None, "llm": None, "tokenizer": None, "vision_tower": None}
+            saved = self.config.model_copy(update={**sources, "quantization": "none"})
             (tmp / EXGRA_CONFIG_FILE).write_text(
                 yaml.safe_dump(saved.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
             )

@@ -10,7 +10,6 @@ half-written ``step-*`` directory: at most the work since the last checkpoint is
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import re
@@ -229,11 +228,8 @@ def save_model_dir(module: Any, bundle: Any, directory: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     original = bundle.model
-    model = module.model
-    if hasattr(model, "merge_and_unload"):
-        # Merge the adapters into a copy: training (e.g. after a best-model save) continues on the original.
-        model = copy.deepcopy(model).merge_and_unload()
-    bundle.model = model
+    # ModelBundle.save merges LoRA adapters (and dequantises QLoRA's 4-bit base) in a copy of it.
+    bundle.model = module.model
     hf_logging.disable_progress_bar()  # our own progress bar is on screen
     try:
         bundle.save(tmp)

@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from exgra.alignment import matching_objective, solve_matching
+from exgra.alignment import matching_objective, solve_matching, solver
 from exgra.alignment.solver import _resolve, _solve_and_keep
 from tests.alignment import baseline_solver
 from tests.alignment.instances import _objective_numpy, brute_force, reference_like_problem
+
+
+@pytest.fixture(params=["dense table", "incidence lists"])
+def image_terms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with both ways the local search reads the edge costs (large problems use the lists)."""
+    if request.param == "incidence lists":
+        monkeypatch.setattr(solver, "_DENSE_TABLE_LIMIT", 0)
+    return request.param
 
 
 def _is_partial_injective(matching: torch.Tensor) -> bool:
@@ -20,6 +28,7 @@ def _is_partial_injective(matching: torch.Tensor) -> bool:
     return binary and bool((matching.sum(-1) <= 1).all()) and bool((matching.sum(-2) <= 1).all())
 
 
+@pytest.mark.usefixtures("image_terms")
 def test_exact_optimum_on_small_reference_like_instances() -> None:
     optimal = 0
     total = 80
@@ -58,6 +67,7 @@ def test_identity_recovered_on_noisy_copies(nodes: int) -> None:
     assert float(matching.diagonal().mean()) >= 0.95
 
 
+@pytest.mark.usefixtures("image_terms")
 def test_batch_equals_single_solves_and_is_deterministic() -> None:
     problems = [reference_like_problem(12, seed) for seed in range(4)]
     stacked = [torch.stack(parts) for parts in zip(*problems, strict=True)]
@@ -69,6 +79,7 @@ def test_batch_equals_single_solves_and_is_deterministic() -> None:
     assert torch.equal(solve_matching(*stacked), batch)
 
 
+@pytest.mark.usefixtures("image_terms")
 def test_padding_duplicates_and_self_loops_keep_the_objective_exact() -> None:
     unary, quadratic, left, right = reference_like_problem(6, seed=11)
     base = solve_matching(unary, quadratic, left, right)
@@ -257,3 +268,51 @@ def test_unknown_search_is_refused() -> None:
     unary, quadratic, left, right = reference_like_problem(5, seed=0)
     with pytest.raises(ValueError, match="search"):
         solve_matching(unary, quadratic, left, right, search="fast")
+
+
+def test_dense_table_and_incidence_lists_give_the_same_matchings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The two ways of reading edge costs must be the same search, not just both good: equal matchings on a
+    # batch of pipeline problems (one with padding edges), forward and warm-started re-solve.
+    from tests.alignment.instances import pipeline_problem
+
+    problems = [pipeline_problem(10, seed, noise=(0.5, 1.0, 2.0)[seed % 3]) for seed in range(4)]
+    stacked = [torch.stack(parts) for parts in zip(*problems, strict=True)]
+    stacked[2][1, :, -3:] = -1  # padding edges in one problem
+    stacked[1][1, -3:] = 0.0
+    results = {}
+    for limit in (solver._DENSE_TABLE_LIMIT, 0):
+        monkeypatch.setattr(solver, "_DENSE_TABLE_LIMIT", limit)
+        matching, problem, _ = _solve_and_keep(*stacked)
+        resolved = _resolve(problem, stacked[0] + 0.3 * (1 - 2 * torch.eye(10)), matching)
+        results[limit] = (matching, resolved)
+    (dense, dense_resolved), (lists, lists_resolved) = results.values()
+    assert torch.equal(dense, lists) and torch.equal(dense_resolved, lists_resolved)
+
+
+def test_search_and_objective_on_a_subset_of_problems_equal_the_full_batch() -> None:
+    # The kicks search only some problems of a batch: restricting to a subset must change nothing for them.
+    from tests.alignment.instances import pipeline_problem
+
+    problems = [pipeline_problem(9, seed) for seed in range(4)]
+    stacked = [torch.stack(parts) for parts in zip(*problems, strict=True)]
+    with torch.inference_mode():
+        unary, quadratic, left, right, _ = solver._as_batch(*stacked)
+        problem = solver._Problem(unary, quadratic, left, right)
+        generator = torch.Generator().manual_seed(0)
+        starts = torch.stack([torch.randperm(9, generator=generator) for _ in range(4 * 3)]).view(4, 3, 9)
+        full = solver._local_search(problem, starts, 1e-6)
+        only = torch.tensor([3, 1])
+        subset = solver._local_search(problem, starts[only], 1e-6, only)
+        assert torch.equal(subset, full[only])
+        assert torch.equal(problem.objective(subset, only), problem.objective(full)[only])
+    for index in only.tolist():  # and the objective is the independent numpy one
+        for start in range(3):
+            sigma = full[index, start].numpy().copy()
+            sigma[sigma == 9] = -1
+            expected = _objective_numpy(
+                sigma,
+                *(t.double().numpy() for t in problems[index][:2]),
+                problems[index][2].numpy(),
+                problems[index][3].numpy(),
+            )
+            assert float(problem.objective(full)[index, start]) == pytest.approx(expected, abs=1e-4)

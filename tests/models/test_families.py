@@ -323,19 +323,22 @@ def test_zero_shot_option_scores_match_one_unpadded_forward_per_option(
             assert total == pytest.approx(float(log_probs[-count:].sum()), abs=1e-4)
 
 
-def test_qlora_without_cuda_fails_with_one_clear_line(demo, tmp_path, run_exgra):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+@pytest.mark.parametrize("preset", ["qwen2.5-vl-7b", "qwen3-vl-8b", "medgemma-4b", "smolvlm-256m"])
+def test_qlora_without_cuda_fails_with_one_clear_line(preset, demo, tmp_path, run_exgra):
     result = run_exgra(
         "train", "stage2", "--config", CONFIGS / "tiny_stage2.yaml", "--output-dir", tmp_path / "run",
-        "model.name=qwen2.5-vl-7b", "model.llm=/nowhere", "model.quantization=4bit",
+        f"model.name={preset}", "model.llm=/nowhere", "model.quantization=4bit",
         "train.lora.enabled=true",
         f"data.train_json={demo.pretrain}", f"data.image_folder={demo.image_folder}",
     )  # fmt: skip
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "CUDA" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
     no_lora = run_exgra(
         "train", "stage2", "--config", CONFIGS / "tiny_stage2.yaml", "--output-dir", tmp_path / "run2",
-        "model.name=qwen2.5-vl-7b", "model.quantization=4bit",
+        f"model.name={preset}", "model.quantization=4bit",
         f"data.train_json={demo.pretrain}", f"data.image_folder={demo.image_folder}",
     )  # fmt: skip
     assert no_lora.exit_code == 1 and "train.lora.enabled=true" in no_lora.stderr

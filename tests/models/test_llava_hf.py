@@ -187,28 +187,6 @@ def test_stage2_and_finetune_from_the_folder_then_stock_reload(llava_hf, demo, t
     torch.testing.assert_close(logits, stock["logits"], rtol=0, atol=0)
 
 
-def test_llava_qlora_quantises_the_language_model_only():
-    """The 4-bit config keeps the tower and projector in bf16, by transformers' own skip-module rule."""
-    from torch import nn
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    from exgra.models import create_model
-    from exgra.models.families.base import bits_and_bytes_config
-
-    bundle = create_model("tiny-llava-siglip")
-    family = bundle.family
-    config = bits_and_bytes_config(family.quantization_skip_modules)
-    assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant) == (
-        True, "nf4", True,
-    )  # fmt: skip
-    assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    linears = [name for name, module in bundle.model.named_modules() if isinstance(module, nn.Linear)]
-    converted = {name for name in linears if should_convert_module(name, config.llm_int8_skip_modules)}
-    assert converted == {name for name in linears if name.startswith("model.language_model.")}
-    assert any(name.startswith("model.multi_modal_projector.") for name in linears)
-    assert any(name.startswith("model.vision_tower.") for name in linears)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_llava_qlora_without_cuda_fails_with_one_clear_line(llava_hf, demo, tmp_path, run_exgra):
     common = [

@@ -108,7 +108,8 @@ class ModelFamily:
     projector_markers: tuple[str, ...] = ("multi_modal_projector",)
     #: regex fragment matching the language model's module path (LoRA targets)
     language_model_pattern: str = "language_model"
-    #: module-path prefixes kept in bf16 under QLoRA (empty: transformers' default, the LM head only)
+    #: module-path prefixes kept in bf16 under QLoRA (transformers' ``llm_int8_skip_modules``, which then
+    #: replaces its default list: name the LM head too). Every family keeps its tower and projector.
     quantization_skip_modules: tuple[str, ...] = ()
 
     # ---- build / load

@@ -49,6 +49,9 @@ class Gemma3Family(ChatFamily):
     image_token = "<image_soft_token>"
     end_of_turn = "<end_of_turn>"
     chat_template = GEMMA_CHAT_TEMPLATE
+    # QLoRA quantises the language model only (MedGemma's notebook recipe): the SigLIP tower and the
+    # projector (it trains in every stage) stay bf16, and so does the LM head.
+    quantization_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     system_role = False  # Gemma's own template opens the first user turn with the system text
 
     named_tokens = {

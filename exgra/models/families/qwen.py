@@ -55,6 +55,9 @@ class _QwenFamily(ChatFamily):
     # visual.merger (and Qwen3's deepstack mergers) put the image tokens into the sequence: the projector.
     vision_markers = ("visual.",)
     projector_markers = ("visual.merger", "visual.deepstack_merger_list")
+    # QLoRA quantises the language model only: ``model.visual`` holds the tower and the mergers (the
+    # projector, trained in every stage), and the LM head stays bf16 as in transformers' default.
+    quantization_skip_modules = ("model.visual", "lm_head")
     patch_size = 14
 
     def vision_keys(self) -> tuple[str, ...]:

@@ -52,6 +52,9 @@ class SmolVLMFamily(ChatFamily):
     vision_markers = ("vision_model",)
     projector_markers = ("connector",)
     language_model_pattern = "text_model"
+    # QLoRA quantises the language model only: the tower and the connector (the projector, trained in
+    # every stage) stay bf16, and so does the LM head.
+    quantization_skip_modules = ("model.vision_model", "model.connector", "lm_head")
 
     def language_model(self, model: Any) -> Any:
         return _unwrap(model).model.text_model
