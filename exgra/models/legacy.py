@@ -118,42 +118,34 @@ def is_mistral_layout(legacy: dict[str, Any]) -> bool:
 
 def _text_config(legacy: dict[str, Any], vocab_size: int, tokenizer: Any) -> LlamaConfig | MistralConfig:
     heads = legacy.get("num_attention_heads", 32)
+    # The config's bos/eos/pad ids are stale LLaMA-v0 values (REFERENCE §1.1): take them from the tokenizer.
+    shared = {
+        "vocab_size": vocab_size,
+        "hidden_size": legacy["hidden_size"],
+        "intermediate_size": legacy["intermediate_size"],
+        "num_hidden_layers": legacy["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": legacy.get("num_key_value_heads", heads),
+        "hidden_act": legacy.get("hidden_act", "silu"),
+        "rope_theta": legacy.get("rope_theta", 10000.0),
+        "tie_word_embeddings": False,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if is_mistral_layout(legacy):
         return MistralConfig(
-            vocab_size=vocab_size,
-            hidden_size=legacy["hidden_size"],
-            intermediate_size=legacy["intermediate_size"],
-            num_hidden_layers=legacy["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=legacy.get("num_key_value_heads", heads),
-            hidden_act=legacy.get("hidden_act", "silu"),
+            **shared,
             max_position_embeddings=legacy.get("max_position_embeddings", 32768),
             rms_norm_eps=legacy.get("rms_norm_eps", 1e-5),
-            rope_theta=legacy.get("rope_theta", 10000.0),
             sliding_window=legacy.get("sliding_window"),
-            tie_word_embeddings=False,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
         )
-    # The config's bos/eos/pad ids are stale LLaMA-v0 values (REFERENCE §1.1): take them from the tokenizer.
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=legacy["hidden_size"],
-        intermediate_size=legacy["intermediate_size"],
-        num_hidden_layers=legacy["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=legacy.get("num_key_value_heads", heads),
-        hidden_act=legacy.get("hidden_act", "silu"),
+        **shared,
         max_position_embeddings=legacy.get(
             "max_position_embeddings", legacy.get("max_sequence_length", 2048)
         ),
         rms_norm_eps=legacy.get("rms_norm_eps", 1e-6),
-        rope_theta=legacy.get("rope_theta", 10000.0),
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
 
 
