@@ -90,7 +90,8 @@ def write_tower(directory: Path, image_size: int = 32) -> CLIPVisionModel:
     return tower
 
 
-def _projector(mm_hidden: int) -> dict[str, torch.Tensor]:
+def projector_weights(mm_hidden: int) -> dict[str, torch.Tensor]:
+    """Random weights of the reference's mlp2x_gelu projector, in its parameter names."""
     return {
         "model.mm_projector.0.weight": torch.randn(HIDDEN, mm_hidden) * 0.1,
         "model.mm_projector.0.bias": torch.randn(HIDDEN) * 0.1,
@@ -134,7 +135,7 @@ def write_v10(root: Path, connector: str) -> tuple[Path, Path, CLIPVisionModel, 
         )
     ).eval()
     mm_hidden = WIDTH * (3 if connector == "dci" else 1)
-    projector = _projector(mm_hidden)
+    projector = projector_weights(mm_hidden)
     state = {**llama.state_dict(), **projector}
     for layer in range(2):
         state[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # 4.28 buffer
@@ -202,7 +203,7 @@ def write_v15(root: Path) -> tuple[Path, Path, CLIPVisionModel, MistralForCausal
             sliding_window=None,
         )
     ).eval()
-    projector = _projector(WIDTH)
+    projector = projector_weights(WIDTH)
     state = {**mistral.state_dict(), **projector}
     for name, tensor in tower.state_dict().items():
         state[f"model.vision_tower.vision_tower.{name}"] = tensor  # v1.5 saves the tower inside

@@ -7,14 +7,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from exgra.data.templates import get_template
-from exgra.models import ImageProcessor, build_tiny_tokenizer, load_model
+from exgra.models import build_tiny_tokenizer, load_model
 from exgra.models.legacy import legacy_weight_name
-from tests.models.reference_layouts import write_shards
-
-HIDDEN, WIDTH = 64, 32
+from tests.models.reference_layouts import HIDDEN, WIDTH, projector_weights, write_shards, write_tower
 
 
 def _write_legacy(root, connector: str, fmt: str):
@@ -23,18 +21,7 @@ def _write_legacy(root, connector: str, fmt: str):
     tokenizer = build_tiny_tokenizer()
     tower_dir, source = root / "clip", root / f"legacy-{connector}"
     source.mkdir()
-    tower = CLIPVisionModel(
-        CLIPVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=WIDTH,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-        )
-    ).eval()
-    tower.save_pretrained(tower_dir)
-    ImageProcessor.for_size(32).save_pretrained(tower_dir)
+    tower = write_tower(tower_dir)
     llama = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(tokenizer),
@@ -46,12 +33,7 @@ def _write_legacy(root, connector: str, fmt: str):
         )
     ).eval()
     mm_hidden = WIDTH * (3 if connector == "dci" else 1)
-    projector = {
-        "model.mm_projector.0.weight": torch.randn(HIDDEN, mm_hidden) * 0.1,
-        "model.mm_projector.0.bias": torch.randn(HIDDEN) * 0.1,
-        "model.mm_projector.2.weight": torch.randn(HIDDEN, HIDDEN) * 0.1,
-        "model.mm_projector.2.bias": torch.randn(HIDDEN) * 0.1,
-    }
+    projector = projector_weights(mm_hidden)
     state = {**llama.state_dict(), **projector}
     state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # old transformers buffer
     state["model.message_pass_node_features.conv1.lin_rel.weight"] = torch.randn(HIDDEN, HIDDEN)  # GNN
