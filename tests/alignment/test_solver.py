@@ -316,3 +316,22 @@ def test_search_and_objective_on_a_subset_of_problems_equal_the_full_batch() -> 
                 problems[index][3].numpy(),
             )
             assert float(problem.objective(full)[index, start]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_round_without_the_early_exit_leaves_converged_matchings_unchanged() -> None:
+    # The GPU path runs search rounds without checking for convergence first (no device sync): on
+    # matchings where no move improves, such a round must change nothing and report nothing moving.
+    from tests.alignment.instances import pipeline_problem
+
+    stacked = [torch.stack(parts) for parts in zip(*(pipeline_problem(9, s) for s in range(3)), strict=True)]
+    with torch.inference_mode():
+        unary, quadratic, left, right, _ = solver._as_batch(*stacked)
+        problem = solver._Problem(unary, quadratic, left, right)
+        generator = torch.Generator().manual_seed(1)
+        starts = torch.stack([torch.randperm(9, generator=generator) for _ in range(6)]).view(3, 2, 9)
+        converged = solver._local_search(problem, starts, 1e-6).view(6, 9)
+        chains = solver._Chains(problem, torch.arange(3).repeat_interleave(2))
+        after, moving = solver._improve(chains, converged, 1e-6, check=False)
+        assert torch.equal(after, converged) and not bool(moving.any())
+        moved, still_moving = solver._improve(chains, starts.view(6, 9), 1e-6, check=False)
+        assert bool(still_moving.any()) and not torch.equal(moved, starts.view(6, 9))
