@@ -29,6 +29,7 @@ from torch import Tensor
 
 from exgra.alignment.solver import Search, _resolve, _solve_and_keep, edge_pair_indicator
 
+_BACKWARD_SEARCH = "plain"
 __all__ = ["BlackboxMatching", "blackbox_matching"]
 
 
@@ -83,7 +84,7 @@ class BlackboxMatching(torch.autograd.Function):
         # The perturbed problem is re-solved from the forward's matching with the plain local search: from
         # that warm start it reached the optimum on every one of 640 pipeline problems (n = 5–32, brute
         # force / MILP; bench/alignment.py), and the kick rounds would cost a quarter of the step.
-        perturbed = _resolve(ctx.problem, unary.float() + lambda_val * grad, matching, "plain")
+        perturbed = _resolve(ctx.problem, unary.float() + lambda_val * grad, matching, _BACKWARD_SEARCH)
         grad_unary = -(matching.float() - perturbed) / lambda_val * factor
         grad_quadratic = None
         if ctx.edge_gradient:
