@@ -457,8 +457,9 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
     none_taken = torch.zeros(problems, starts, n2 + 1, dtype=torch.bool, device=scores.device)
     for _ in range(min(n1, n2)):
         best_value, best_col = scores.min(3)
-        # argmin over the rows of a contiguous transposed copy: ~4x faster than along the strided dim 2.
-        best_row = scores.mT.contiguous().argmin(3)
+        # min(2).indices: ~2x faster than argmin over a contiguous transposed copy, 7x than argmin(2) (both
+        # give the first minimal row).
+        best_row = scores.min(2).indices
         mutual = (best_row.gather(2, best_col) == row_ids) & (best_value < float("inf"))
         if not bool(mutual.any()):
             break
@@ -532,38 +533,40 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     unmatched = sigma == n2
     # Free columns: those no matched row holds, and the dummy (only unmatched rows write to it).
     free = chains.all_free.scatter(1, sigma, unmatched)
-    single_value, single_col = linear.masked_fill(~free[:, None, :], inf).min(2)
-    single_delta = single_value - current
+    # Every move's delta in one buffer [C, n1, W + 2·n1]: to a free column (or the dummy), swap with row j,
+    # steal row j's column; one min picks each row's best move, ties going to the first (a single move
+    # before a swap before a steal, then the lowest column or row).
+    width = problem.width
+    moves = linear.new_empty(count, n1, width + 2 * n1)
+    single, swap, steal = moves[..., :width], moves[..., width : width + n1], moves[..., width + n1 :]
+    torch.sub(linear, current[..., None], out=single).masked_fill_(~free[:, None, :], inf)
     base = at_other - current[:, :, None] - current[:, None, :]
     # h counts the current image of an i-j edge twice and misses its new image: a swap gets the
     # exchanged image, a steal (j becomes unmatched) none.
     eye = chains.eye
-    steal = base + images[:, 0]
-    swap = (steal + at_other.transpose(1, 2) + images[:, 1]).masked_fill_(eye, inf)
+    torch.add(base, images[:, 0], out=steal)
+    torch.add(steal, at_other.transpose(1, 2), out=swap).add_(images[:, 1]).masked_fill_(eye, inf)
     steal.masked_fill_(eye | unmatched[:, None, :], inf)
-    swap_delta, swap_choice = swap.min(2)
-    steal_delta, steal_choice = steal.min(2)
-    use_steal = steal_delta < swap_delta
-    pair_delta = torch.where(use_steal, steal_delta, swap_delta)
-    partner = torch.where(use_steal, steal_choice, swap_choice)
-    use_pair = pair_delta < single_delta
-    delta = torch.where(use_pair, pair_delta, single_delta)
+    delta, choice = moves.min(2)
     candidate = delta < -tolerance
     moving = candidate.any(1)
     if check and not bool(moving.any()):
         return sigma, moving
-    partner = torch.where(use_pair, partner, rows)
+    use_pair = choice >= width
+    use_steal = choice >= width + n1
+    partner = torch.where(use_pair, (choice - width).remainder(n1), rows)
     partner_col = sigma.gather(1, partner)
-    new_col = torch.where(use_pair, partner_col, single_col)
-    partner_new = torch.where(use_steal, n2, sigma)  # swap: i's column; steal: unmatched
-    partner_new = torch.where(use_pair, partner_new, single_col)
+    new_col = torch.where(use_pair, partner_col, choice)
+    # The partner's new column: swap: i's column; steal: unmatched; a single move has no partner (row i
+    # itself, overwritten by new_col below).
+    partner_new = torch.where(use_steal, n2, torch.where(use_pair, sigma, choice))
     # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
     # A candidate's delta is negative, and negative float32s order inversely to their bit patterns read
     # as integers: -bits·n1 + row ranks the candidates by delta, ties by row, like a stable argsort.
     rank = torch.where(candidate, delta.view(torch.int32).long() * -n1 + rows, _NO_RANK)
     claim = torch.cat([rank, chains.no_claim], 1).scatter_reduce_(1, partner, rank, "amin")
     nearby = claim.scatter_reduce(1, chains.neighbour_to, claim.gather(1, chains.neighbour_from), "amin")
-    bucket = torch.where(use_pair | (single_col == n2), chains.unmatched_bucket, single_col)
+    bucket = torch.where(choice >= n2, chains.unmatched_bucket, choice)  # pair moves and the dummy: per row
     column_best = chains.no_column_claim.scatter_reduce(1, bucket, rank, "amin")
     accept = (
         candidate
