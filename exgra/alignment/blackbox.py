@@ -29,7 +29,7 @@ from torch import Tensor
 
 from exgra.alignment.solver import Search, _resolve, _solve_and_keep, edge_pair_indicator
 
-_BACKWARD_SEARCH = "plain"
+_BACKWARD_SEARCH = "warm"
 __all__ = ["BlackboxMatching", "blackbox_matching"]
 
 

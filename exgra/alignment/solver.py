@@ -155,30 +155,8 @@ class _Problem:
         self.quadratic_flat = merged.reshape(problems, -1)
         self.unary = torch.cat([unary, unary.new_zeros(problems, n1, 1)], dim=2).reshape(problems, -1)
         self.problems, self.n1, self.n2, self.e1, self.e2, self.width = problems, n1, n2, e1, e2, width
-        # Incidence lists of the right graph per column (in-edges, out-edges), padded to one depth.
-        ends = torch.stack([dst2, src2], 1)  # [P, 2, E2]: the column an edge is listed under
-        others = torch.stack([src2, dst2], 1)  # the column the listed edge leads to
-        bucket = torch.where(primary[:, None, :], ends, width)
-        onehot = torch.nn.functional.one_hot(bucket, width + 1)
-        slot = (onehot.cumsum(2) * onehot).sum(3) - 1  # rank of the edge within its column's list
-        depth = max(int(onehot[..., :width].sum(2).amax()) if e2 else 0, 1)
-        side = torch.arange(2, device=device)[None, :, None] * width
-        flat = torch.where(primary[:, None, :], (side + bucket) * depth + slot, 2 * width * depth)
-        ids = torch.full((problems, 2 * width * depth + 1), e2, dtype=torch.long, device=device)
-        ids.scatter_(
-            1, flat.reshape(problems, -1), torch.arange(e2, device=device).repeat(2).expand(problems, -1)
-        )
-        ids = ids[:, :-1].view(problems, 2 * width, depth)
-        padded_others = torch.cat([others, others.new_full((problems, 2, 1), n2)], 2)
-        columns = torch.cat(
-            [
-                padded_others[:, 0].gather(1, ids[:, :width].reshape(problems, -1)),
-                padded_others[:, 1].gather(1, ids[:, width:].reshape(problems, -1)),
-            ],
-            1,
-        ).view(problems, 2 * width, depth)
-        self.incidence = torch.cat([ids, columns], 2)
-        self.depth = depth
+        self._primary = primary  # the E2 edges that stand for their duplicates (incidence lists)
+        self._incidence: tuple[Tensor, int] | None = None
         # Half edges: edge a=(u,v) adds to row u (partner v, in-list of σ(v)) and to row v (partner u,
         # out-list of σ(u)).
         arange1 = torch.arange(e1, device=device)
@@ -204,6 +182,38 @@ class _Problem:
         self.quadratic_scale = 0.0
         if e1 and e2:
             self.quadratic_scale = float(degree[:, :spare].amax()) * float(self.quadratic_flat.abs().amax())
+
+    def incidence_lists(self) -> tuple[Tensor, int]:
+        """The incidence table ``[P, 2W, 2D]`` and its depth ``D`` (built on first use: the dense-table
+        search never needs it)."""
+        if self._incidence is None:
+            problems, n2, e2, width = self.problems, self.n2, self.e2, self.width
+            device = self.unary.device
+            src2, dst2, primary = self.right_src, self.right_dst, self._primary
+            # Incidence lists of the right graph per column (in-edges, out-edges), padded to one depth.
+            ends = torch.stack([dst2, src2], 1)  # [P, 2, E2]: the column an edge is listed under
+            others = torch.stack([src2, dst2], 1)  # the column the listed edge leads to
+            bucket = torch.where(primary[:, None, :], ends, width)
+            onehot = torch.nn.functional.one_hot(bucket, width + 1)
+            slot = (onehot.cumsum(2) * onehot).sum(3) - 1  # rank of the edge within its column's list
+            depth = max(int(onehot[..., :width].sum(2).amax()) if e2 else 0, 1)
+            side = torch.arange(2, device=device)[None, :, None] * width
+            flat = torch.where(primary[:, None, :], (side + bucket) * depth + slot, 2 * width * depth)
+            ids = torch.full((problems, 2 * width * depth + 1), e2, dtype=torch.long, device=device)
+            ids.scatter_(
+                1, flat.reshape(problems, -1), torch.arange(e2, device=device).repeat(2).expand(problems, -1)
+            )
+            ids = ids[:, :-1].view(problems, 2 * width, depth)
+            padded_others = torch.cat([others, others.new_full((problems, 2, 1), n2)], 2)
+            columns = torch.cat(
+                [
+                    padded_others[:, 0].gather(1, ids[:, :width].reshape(problems, -1)),
+                    padded_others[:, 1].gather(1, ids[:, width:].reshape(problems, -1)),
+                ],
+                1,
+            ).view(problems, 2 * width, depth)
+            self._incidence = (torch.cat([ids, columns], 2), depth)
+        return self._incidence
 
     def image_table(self) -> Tensor | None:
         """Dense per-edge image costs ``[P, 2, E1, W, W]`` for the local search, or ``None`` when too large.
@@ -297,6 +307,15 @@ class _Problem:
         column_dual = (adjusted - row_dual[..., None]).amin(1).clamp(max=0.0)
         return row_dual.sum(1) + column_dual.sum(1)
 
+    def adjacency(self) -> Tensor:
+        """``[P, n1, n1]`` bool: rows joined by a kept E1 edge (either direction)."""
+        if getattr(self, "_adjacency", None) is None:
+            adjacency = torch.zeros(self.problems, self.n1 + 1, self.n1 + 1, dtype=torch.bool, device=self.unary.device)
+            src, dst = self.neighbour_pairs()
+            adjacency[torch.arange(self.problems, device=src.device)[:, None], src, dst] = True
+            self._adjacency = adjacency[:, : self.n1, : self.n1]
+        return self._adjacency
+
     def neighbour_pairs(self) -> tuple[Tensor, Tensor]:
         """Both directions of every kept E1 edge, invalid ones pointing at a spare slot ``n1``."""
         spare = self.n1
@@ -317,7 +336,7 @@ class _Chains:
     with flat offsets. :meth:`terms` gives ``h = C + (A + Aᵀ)x`` and the image costs of every E1 edge.
     """
 
-    def __init__(self, problem: _Problem, owner: Tensor) -> None:
+    def __init__(self, problem: _Problem, owner: Tensor, ejection: Tensor | None = None) -> None:
         self.problem = problem
         n1, width, e1 = problem.n1, problem.width, problem.e1
         device = owner.device
@@ -360,6 +379,14 @@ class _Chains:
             start += width_of
         self.packed = torch.cat([tensor.reshape(chains, -1) for tensor in per_chain.values()], 1)
         self.unary = problem.unary.index_select(0, owner)  # [C, n1 * W]
+        # Ejection moves (row i takes row j's column, j moves to its best free column) for the chains that
+        # use them; their delta is exact for non-adjacent i, j only, so adjacent pairs are blocked (inf).
+        self.ejection = ejection is not None and bool(ejection.any())
+        if self.ejection:
+            blocked = problem.adjacency().index_select(0, owner) | ~ejection[:, None, None]
+            self.unary = torch.cat(
+                [self.unary, torch.zeros(blocked.shape, device=device).masked_fill_(blocked, float("inf")).view(chains, -1)], 1
+            )
         self._unpack()
         # Constants of every search round, made once (each op costs microseconds here); subsets slice them.
         self.rows = torch.arange(n1, device=device)
@@ -375,6 +402,9 @@ class _Chains:
     def _unpack(self) -> None:
         """Set the per-chain tensors as views of ``packed``."""
         chains = self.packed.shape[0]
+        n1, width = self.problem.n1, self.problem.width
+        self.unary_costs = self.unary[:, : n1 * width]
+        self.ejection_block = self.unary[:, n1 * width :].view(chains, n1, n1) if self.ejection else None
         for name, (start, stop, tail) in self.layout.items():
             view = self.packed[:, start:stop].view(chains, *tail)
             setattr(self, name, view.expand(-1, 2, -1) if name in _READ_FOR_BOTH_SIDES else view)
@@ -415,14 +445,14 @@ class _Chains:
                 self.bag_offsets,
                 mode="sum",
             )
-            linear = self.unary.view(chains * n1, width) + rows
+            linear = self.unary_costs.reshape(chains * n1, width) + rows
             # pairs[:, 0] = σ(dst), pairs[:, 1] = σ(src): keys D[σ(src), σ(dst)] (current), D[σ(dst), σ(src)].
             pairs = partner_col.view(chains, 2, e1)
             images = self.table.view(-1).take(pairs.flip(1) * width + pairs + self.image_base)
             return linear.view(chains, n1, width), images
-        linear = self.unary.view(chains * n1, width).clone()
-        depth = problem.depth
-        incidence = problem.incidence.view(-1, 2 * depth)
+        linear = self.unary_costs.reshape(chains * n1, width).clone()
+        incidence, depth = problem.incidence_lists()
+        incidence = incidence.view(-1, 2 * depth)
         listed = incidence.index_select(0, (self.list_row + partner_col).view(-1)).view(chains, 2 * e1, -1)
         ids, cols = listed[..., :depth], listed[..., depth:]
         values = problem.quadratic_flat.view(-1).take(ids + self.value_base)
@@ -474,6 +504,7 @@ def _local_search(
     sigma: Tensor,
     tolerance: float,
     only: Tensor | None = None,
+    ejection: Tensor | None = None,
 ) -> Tensor:
     """Best-improvement local search from ``sigma [P, S, n1]`` (of the problems ``only``, if given) until no
     move improves any start.
@@ -491,7 +522,7 @@ def _local_search(
     owner = torch.arange(problems, device=device) if only is None else only
     owner = owner.repeat_interleave(starts)
     active = torch.arange(problems * starts, device=device)
-    chains = _Chains(problem, owner)
+    chains = _Chains(problem, owner, None if ejection is None else ejection.repeat(owner.shape[0] // starts))
     current_sigma = result.clone()
     # On a GPU every convergence check is a device sync; there a few wasted iterations are cheaper.
     on_cpu = device.type == "cpu"
@@ -537,8 +568,9 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     # steal row j's column; one min picks each row's best move, ties going to the first (a single move
     # before a swap before a steal, then the lowest column or row).
     width = problem.width
-    moves = linear.new_empty(count, n1, width + 2 * n1)
-    single, swap, steal = moves[..., :width], moves[..., width : width + n1], moves[..., width + n1 :]
+    ejection = chains.ejection_block
+    moves = linear.new_empty(count, n1, width + (3 if ejection is not None else 2) * n1)
+    single, swap, steal = moves[..., :width], moves[..., width : width + n1], moves[..., width + n1 :][..., :n1]
     torch.sub(linear, current[..., None], out=single).masked_fill_(~free[:, None, :], inf)
     base = at_other - current[:, :, None] - current[:, None, :]
     # h counts the current image of an i-j edge twice and misses its new image: a swap gets the
@@ -547,6 +579,12 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     torch.add(base, images[:, 0], out=steal)
     torch.add(steal, at_other.transpose(1, 2), out=swap).add_(images[:, 1]).masked_fill_(eye, inf)
     steal.masked_fill_(eye | unmatched[:, None, :], inf)
+    if ejection is not None:
+        # Ejection: a steal, then row j (now unmatched) to its best free column l, worth h[j, l] when
+        # negative (i and j non-adjacent, so i's move leaves h[j] unchanged).
+        free_value, free_column = single[..., : problem.n2].min(2)
+        gain = (free_value + current).clamp_(max=0.0)
+        torch.add(steal, gain[:, None, :], out=moves[..., width + 2 * n1 :]).add_(ejection)
     delta, choice = moves.min(2)
     candidate = delta < -tolerance
     moving = candidate.any(1)
@@ -557,16 +595,21 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     partner = torch.where(use_pair, (choice - width).remainder(n1), rows)
     partner_col = sigma.gather(1, partner)
     new_col = torch.where(use_pair, partner_col, choice)
-    # The partner's new column: swap: i's column; steal: unmatched; a single move has no partner (row i
-    # itself, overwritten by new_col below).
+    # The partner's new column: swap: i's column; steal: unmatched; ejection: its best free column; a single
+    # move has no partner (row i itself, overwritten by new_col below).
     partner_new = torch.where(use_steal, n2, torch.where(use_pair, sigma, choice))
+    bucket = torch.where(choice >= n2, chains.unmatched_bucket, choice)  # pair moves and the dummy: per row
+    if ejection is not None:
+        use_ejection = choice >= width + 2 * n1
+        ejected_to = free_column.gather(1, partner)
+        partner_new = torch.where(use_ejection, ejected_to, partner_new)
+        bucket = torch.where(use_ejection, ejected_to, bucket)
     # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
     # A candidate's delta is negative, and negative float32s order inversely to their bit patterns read
     # as integers: -bits·n1 + row ranks the candidates by delta, ties by row, like a stable argsort.
     rank = torch.where(candidate, delta.view(torch.int32).long() * -n1 + rows, _NO_RANK)
     claim = torch.cat([rank, chains.no_claim], 1).scatter_reduce_(1, partner, rank, "amin")
     nearby = claim.scatter_reduce(1, chains.neighbour_to, claim.gather(1, chains.neighbour_from), "amin")
-    bucket = torch.where(choice >= n2, chains.unmatched_bucket, choice)  # pair moves and the dummy: per row
     column_best = chains.no_column_claim.scatter_reduce(1, bucket, rank, "amin")
     accept = (
         candidate
@@ -667,6 +710,10 @@ _RANDOM_STARTS = 8  # forward solves only: the backward's warm start already sit
 # the greedy starts guarantee by themselves.
 _FULL_STARTS_UP_TO = 64
 _KICK_ROUNDS = 2
+_EJECTION = True
+_KICK_STYLE = "noisy"
+_NOISY_LOW, _NOISY_HIGH = 0.5, 1.5
+_EJECTION_KICKS = True
 _KICK_AGREEMENT = 0.5
 _KICKS_PER_ROUND = 8
 _START_SEED = 20240601
@@ -719,7 +766,18 @@ def _kicks(problem: _Problem, sigma: Tensor, linear: Tensor, round_index: int, o
     owner = (forced == target[..., None]) & (target[..., None] < n2)
     forced = torch.where(owner, n2, forced)
     forced.scatter_(2, centres[None, :, None].expand(problems, -1, 1), target[..., None])
-    return torch.cat([unassigned, forced], 1)
+    if _KICK_STYLE == "ball+forced":
+        return torch.cat([unassigned, forced], 1)
+    h = linear[..., :n2]
+    generator = torch.Generator().manual_seed(_START_SEED + 7 * round_index + 1000 * n1)
+    count = _KICKS_PER_ROUND if _KICK_STYLE == "noisy" else half
+    noise = torch.randn(count, n1, n2, generator=generator).to(device)
+    spread = h.std(dim=(1, 2), keepdim=True)[:, None]
+    scale = torch.linspace(_NOISY_LOW, _NOISY_HIGH, count, device=device)[None, :, None, None]
+    noisy = _greedy_rounding(h[:, None] + scale * spread * noise[None], n2)
+    if _KICK_STYLE == "noisy":
+        return noisy
+    return torch.cat([unassigned, noisy], 1)
 
 
 def _solve(
@@ -758,7 +816,12 @@ def _solve(
         has = warm.amax(2) > 0.5
         starts.append(torch.where(has, warm.argmax(2), n2)[:, None, :])
     starts = torch.cat(starts, dim=1)
-    found = _local_search(problem, starts, tolerance)
+    # The random starts search with ejection moves too; the greedy (and warm) starts keep the plain moves,
+    # so the result is never worse than the plain search's.
+    ejection = None
+    if _EJECTION and random_starts:
+        ejection = torch.arange(starts.shape[1], device=device) >= starts.shape[1] - random_starts
+    found = _local_search(problem, starts, tolerance, ejection=ejection)
     values = problem.objective(found)
     sigma, value = _best_of(found, values)
     bound = problem.lower_bound() if certify else torch.full_like(value, -float("inf"))
@@ -773,9 +836,9 @@ def _solve(
             break
         incumbent = sigma.index_select(0, chosen)
         linear, _ = _Chains(problem, chosen).terms(incumbent)
-        copies = _local_search(
-            problem, _kicks(problem, incumbent, linear, round_index, chosen), tolerance, chosen
-        )
+        kicked = _kicks(problem, incumbent, linear, round_index, chosen)
+        kick_ejection = torch.ones(kicked.shape[1], dtype=torch.bool, device=device) if _EJECTION_KICKS else None
+        copies = _local_search(problem, kicked, tolerance, chosen, ejection=kick_ejection)
         found, found_value = _best_of(copies, problem.objective(copies, chosen))
         better = found_value < value[chosen] - tolerance
         sigma[chosen] = torch.where(better[:, None], found, sigma[chosen])
