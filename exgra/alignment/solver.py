@@ -310,8 +310,9 @@ class _Problem:
     def adjacency(self) -> Tensor:
         """``[P, n1, n1]`` bool: rows joined by a kept E1 edge (either direction)."""
         if getattr(self, "_adjacency", None) is None:
-            adjacency = torch.zeros(self.problems, self.n1 + 1, self.n1 + 1, dtype=torch.bool, device=self.unary.device)
             src, dst = self.neighbour_pairs()
+            size = self.n1 + 1
+            adjacency = torch.zeros(self.problems, size, size, dtype=torch.bool, device=src.device)
             adjacency[torch.arange(self.problems, device=src.device)[:, None], src, dst] = True
             self._adjacency = adjacency[:, : self.n1, : self.n1]
         return self._adjacency
@@ -384,9 +385,8 @@ class _Chains:
         self.ejection = ejection is not None and bool(ejection.any())
         if self.ejection:
             blocked = problem.adjacency().index_select(0, owner) | ~ejection[:, None, None]
-            self.unary = torch.cat(
-                [self.unary, torch.zeros(blocked.shape, device=device).masked_fill_(blocked, float("inf")).view(chains, -1)], 1
-            )
+            block = torch.zeros(blocked.shape, device=device).masked_fill_(blocked, float("inf"))
+            self.unary = torch.cat([self.unary, block.view(chains, -1)], 1)
         self._unpack()
         # Constants of every search round, made once (each op costs microseconds here); subsets slice them.
         self.rows = torch.arange(n1, device=device)
@@ -570,7 +570,8 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     width = problem.width
     ejection = chains.ejection_block
     moves = linear.new_empty(count, n1, width + (3 if ejection is not None else 2) * n1)
-    single, swap, steal = moves[..., :width], moves[..., width : width + n1], moves[..., width + n1 :][..., :n1]
+    single, swap = moves[..., :width], moves[..., width : width + n1]
+    steal = moves[..., width + n1 : width + 2 * n1]
     torch.sub(linear, current[..., None], out=single).masked_fill_(~free[:, None, :], inf)
     base = at_other - current[:, :, None] - current[:, None, :]
     # h counts the current image of an i-j edge twice and misses its new image: a swap gets the
@@ -702,33 +703,29 @@ def _resolve(
 
 
 # Search effort (deterministic; quality and time in bench/alignment.py): pseudo-random extra starts of the
-# first pass, then rounds of kicks of the incumbent (a row and its E1-neighbours unassigned, or a row forced
-# to another column) for the problems the starts disagree on, while a round improves them.
+# first pass, then rounds of kicks (noisy greedy restarts around the incumbent) for the problems the starts
+# disagree on, while a round improves them.
 _RANDOM_STARTS = 8  # forward solves only: the backward's warm start already sits in the right basin
 # Above this many rows the random starts thin out (8·64/n, at least 2): each costs a local search of about
 # n/2 iterations over n² terms, and at these sizes the target is "never worse than the plain search", which
 # the greedy starts guarantee by themselves.
 _FULL_STARTS_UP_TO = 64
 _KICK_ROUNDS = 2
-_EJECTION = True
-_KICK_STYLE = "noisy"
-_NOISY_LOW, _NOISY_HIGH = 0.5, 1.5
-_EJECTION_KICKS = True
-_KICK_AGREEMENT = 0.5
-_KICKS_PER_ROUND = 8
+_KICK_AGREEMENT = 0.5  # kick the problems whose best matching fewer than this share of the starts reached
+_KICKS_PER_ROUND = 12
 _START_SEED = 20240601
-_START_NOISE_LOW, _START_NOISE_HIGH = 0.5, 1.5  # noise of the random starts, in units of the costs' spread
+_KICK_SEED_STEP = 100_003  # kick rounds draw other noise than the random starts and each other
+_START_NOISE_LOW, _START_NOISE_HIGH = 0.5, 1.5  # noise of random starts and kicks (units: the costs' spread)
 
 
-def _random_start_scores(problem: _Problem, count: int) -> Tensor:
-    """Scores ``[P, count, n1, n2]`` whose greedy rounding gives ``count`` perturbed greedy starts: the
-    uniform linearisation plus fixed pseudo-random noise of the costs' own spread. The generator is seeded
-    by the sizes only, so the solver stays a deterministic function of its input; greedy starts are near a
-    local optimum already, which keeps the local search from them short."""
-    n1, n2 = problem.n1, problem.n2
-    generator = torch.Generator().manual_seed(_START_SEED + 1000 * n1 + n2)
-    noise = torch.randn(count, n1, n2, generator=generator).to(problem.unary.device)
-    linear = problem.uniform_linearisation()  # [P, n1, n2]
+def _noisy_scores(linear: Tensor, count: int, seed: int) -> Tensor:
+    """``count`` noisy copies ``[P, count, n1, n2]`` of a linearisation ``linear [P, n1, n2]`` for greedy
+    rounding: fixed pseudo-random noise of ``linear``'s own spread, 0.5 to 1.5 times. The generator is seeded
+    by ``seed`` (sizes and round only), so the solver stays a deterministic function of its input; greedy
+    roundings are near a local optimum already, which keeps the local search from them short."""
+    _, n1, n2 = linear.shape
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(count, n1, n2, generator=generator).to(linear.device)
     spread = linear.std(dim=(1, 2), keepdim=True)[:, None]
     scale = torch.linspace(_START_NOISE_LOW, _START_NOISE_HIGH, count, device=linear.device)[
         None, :, None, None
@@ -736,48 +733,17 @@ def _random_start_scores(problem: _Problem, count: int) -> Tensor:
     return linear[:, None] + scale * spread * noise[None]
 
 
-def _kicks(problem: _Problem, sigma: Tensor, linear: Tensor, round_index: int, only: Tensor) -> Tensor:
-    """Perturbed copies ``[P, K, n1]`` of the incumbents ``sigma [P, n1]`` of the problems ``only [P]`` for
-    the next local search.
+def _kicks(problem: _Problem, incumbent_linear: Tensor, round_index: int) -> Tensor:
+    """Restarts ``[P, K, n1]`` near the incumbents: greedy roundings of their linearisation
+    ``h = C + (A + Aᵀ)x*`` (``incumbent_linear [P, n1, W]``) with noise, different in every round.
 
-    Half the copies unassign a row's closed E1-neighbourhood (its graph neighbours are where the compound
-    improvements a single move misses live); the other half force a row onto its best other column by the
-    linear term ``linear [P, n1, W]`` (that column's owner becomes unmatched). Centres rotate over the rows
-    from round to round.
+    On 1,200 pipeline problems (n = 8–32) these found the better basins that an incumbent's local
+    neighbourhood hides (compound changes of 5–12 rows) about twice as often as unassigning a row's
+    E1-neighbourhood or forcing a row onto another column, the kicks they replaced (docs/alignment.md).
     """
-    problems, n1 = sigma.shape
-    n2 = problem.n2
-    device = sigma.device
-    half = max(1, min(_KICKS_PER_ROUND // 2, n1))
-    stride = max(1, n1 // half)
-    centres = (torch.arange(half, device=device) * stride + round_index) % n1  # [K/2]
-    # Closed neighbourhoods of the centres: rows adjacent to them by a kept E1 edge (either direction).
-    adjacency = torch.zeros(problems, n1 + 1, n1 + 1, dtype=torch.bool, device=device)
-    nb_from, nb_to = (pairs.index_select(0, only) for pairs in problem.neighbour_pairs())
-    adjacency[torch.arange(problems, device=device)[:, None], nb_from, nb_to] = True
-    ball = adjacency[:, centres, :n1] | (centres[:, None] == torch.arange(n1, device=device))
-    unassigned = torch.where(ball, n2, sigma[:, None, :])
-    # Forced moves: the centre's best column other than its own (by h, the dummy included).
-    own = torch.nn.functional.one_hot(sigma, problem.width).bool()
-    order = min(round_index // 2, n2 - 1)  # later rounds force the 2nd, 3rd, ... best column
-    choice = linear.masked_fill(own, float("inf")).argsort(2)[..., order]  # [P, n1]
-    target = choice[:, centres]  # [P, K/2]
-    forced = sigma[:, None, :].expand(-1, half, -1).clone()
-    owner = (forced == target[..., None]) & (target[..., None] < n2)
-    forced = torch.where(owner, n2, forced)
-    forced.scatter_(2, centres[None, :, None].expand(problems, -1, 1), target[..., None])
-    if _KICK_STYLE == "ball+forced":
-        return torch.cat([unassigned, forced], 1)
-    h = linear[..., :n2]
-    generator = torch.Generator().manual_seed(_START_SEED + 7 * round_index + 1000 * n1)
-    count = _KICKS_PER_ROUND if _KICK_STYLE == "noisy" else half
-    noise = torch.randn(count, n1, n2, generator=generator).to(device)
-    spread = h.std(dim=(1, 2), keepdim=True)[:, None]
-    scale = torch.linspace(_NOISY_LOW, _NOISY_HIGH, count, device=device)[None, :, None, None]
-    noisy = _greedy_rounding(h[:, None] + scale * spread * noise[None], n2)
-    if _KICK_STYLE == "noisy":
-        return noisy
-    return torch.cat([unassigned, noisy], 1)
+    n1, n2 = problem.n1, problem.n2
+    seed = _START_SEED + 1000 * n1 + n2 + _KICK_SEED_STEP * (round_index + 1)
+    return _greedy_rounding(_noisy_scores(incumbent_linear[..., :n2], _KICKS_PER_ROUND, seed), n2)
 
 
 def _solve(
@@ -806,7 +772,8 @@ def _solve(
         random_starts = _RANDOM_STARTS
         if n1 > _FULL_STARTS_UP_TO:
             random_starts = max(2, _RANDOM_STARTS * _FULL_STARTS_UP_TO // n1)
-        scores.append(_random_start_scores(problem, random_starts))
+        seed = _START_SEED + 1000 * n1 + n2
+        scores.append(_noisy_scores(problem.uniform_linearisation(), random_starts, seed))
     starts = [_greedy_rounding(torch.cat(scores, 1), n2)] if scores else []
     if warm_start is not None:
         warm = warm_start.to(device)
@@ -819,7 +786,7 @@ def _solve(
     # The random starts search with ejection moves too; the greedy (and warm) starts keep the plain moves,
     # so the result is never worse than the plain search's.
     ejection = None
-    if _EJECTION and random_starts:
+    if random_starts:
         ejection = torch.arange(starts.shape[1], device=device) >= starts.shape[1] - random_starts
     found = _local_search(problem, starts, tolerance, ejection=ejection)
     values = problem.objective(found)
@@ -836,9 +803,9 @@ def _solve(
             break
         incumbent = sigma.index_select(0, chosen)
         linear, _ = _Chains(problem, chosen).terms(incumbent)
-        kicked = _kicks(problem, incumbent, linear, round_index, chosen)
-        kick_ejection = torch.ones(kicked.shape[1], dtype=torch.bool, device=device) if _EJECTION_KICKS else None
-        copies = _local_search(problem, kicked, tolerance, chosen, ejection=kick_ejection)
+        kicked = _kicks(problem, linear, round_index)
+        with_ejection = torch.ones(kicked.shape[1], dtype=torch.bool, device=device)
+        copies = _local_search(problem, kicked, tolerance, chosen, ejection=with_ejection)
         found, found_value = _best_of(copies, problem.objective(copies, chosen))
         better = found_value < value[chosen] - tolerance
         sigma[chosen] = torch.where(better[:, None], found, sigma[chosen])
