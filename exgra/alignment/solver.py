@@ -9,22 +9,24 @@ unmatched nodes cost nothing) minimising
 Algorithm: a vectorised best-improvement local search over a matching ``σ`` (row → column, or the
 dummy column ``n2`` for "unmatched"). The quadratic part is ``xᵀAx`` with a sparse ``A``; its linear
 term ``g = (A + Aᵀ)x`` is read, per left edge, from the right graph's costs at its partner's column: a
-dense per-edge table of image costs for problems up to n ≈ 64, CSR-like incidence lists beyond. With it
-come the exact objective changes of every move: move a row to a free column or to the dummy, swap the
-columns of two rows, or let one row take another's column (the other becomes unmatched). Every row
+dense per-edge table of image costs for problems up to n ≈ 64 (summed per row with one ``embedding_bag``),
+CSR-like incidence lists beyond. With it come the exact objective changes of every move: move a row to a
+free column or to the dummy, swap the columns of two rows, let one row take another's column (the other
+becomes unmatched) and, in the chains of the random starts and kicks, an ejection: row i takes row j's
+column and j moves to its best free column (i, j not adjacent in E1, so the two changes add up). Every row
 proposes its best move; proposals that rank first among all proposals touching their rows or those rows'
 E1-neighbours (and among those wanting the same free column) are applied together, since their changes add
 up exactly. All starts of all problems are searched as one batch of "chains"; a chain without an improving
 move is final and leaves the batch.
 
 Starts: greedy on the unary costs, greedy on a linearisation at the uniform matching, the warm start
-(backward solves) and, in a forward ``iterated`` solve, 8 fixed pseudo-random partial matchings (seeded by
-the sizes; fewer above n = 64). Then, for the problems whose best matching fewer than half of the starts
-reached, kicks of the incumbent (a row's closed E1-neighbourhood unassigned, or a row forced onto its best
-other column), searched again as one batch, repeated while they improve. A Gilmore–Lawler-style lower
+(backward solves) and, in a forward ``iterated`` solve, 8 greedy roundings of that linearisation with fixed
+pseudo-random noise (seeded by the sizes; fewer above n = 64). Then, for the problems whose best matching
+fewer than half of the starts reached, kicks: 12 noisy greedy roundings of the incumbent's own
+linearisation, searched again as one batch, repeated while they improve. A Gilmore–Lawler-style lower
 bound certifies a problem optimal and skips its kicks (``_solve_and_keep`` reports the certificate per
 problem). The result is a deterministic function of the input, and never worse than the plain local search
-from the same greedy starts.
+from the same greedy starts (whose chains keep the plain moves).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch import Tensor
 
 __all__ = ["Search", "edge_pair_indicator", "matching_objective", "solve_matching"]
 
-Search = Literal["iterated", "plain"]
+Search = Literal["iterated", "plain", "warm"]
 
 _MAX_ITERATIONS_FACTOR = 8
 _NO_RANK = 1 << 62  # the rank of a row without an improving move (any candidate's rank is below it)
@@ -650,7 +652,9 @@ def solve_matching(
         warm_start: optional 0/1 matching ``[n1, n2]`` / ``[P, n1, n2]`` used as an extra start.
         search: ``"iterated"`` (default): extra starts and kick rounds, exact on the problems training
             produces as far as measured (bench/alignment.py); ``"plain"``: the local search from the greedy
-            (and warm) starts only, several times faster and a few percent of problems short of optimal.
+            (and warm) starts only, several times faster and a few percent of problems short of optimal;
+            ``"warm"``: the local search from ``warm_start`` alone (the blackbox backward's re-solve), or
+            ``"plain"`` without one.
 
     Returns:
         A 0/1 matching with the dtype and device of ``unary_costs``, ``[n1, n2]`` or ``[P, n1, n2]``;
