@@ -319,6 +319,42 @@ class _Problem:
             self._adjacency = adjacency[:, : self.n1, : self.n1]
         return self._adjacency
 
+    def ejection_slots(self) -> dict[str, Tensor]:
+        """The ordered row pairs (mover i, row j) joined by an E1 edge, one "slot" each, for the ejections of
+        adjacent rows: ``order [P, 2E1]`` sorts the half edges by slot (those of j with partner i), ``first
+        [P, S]`` is each slot's first position in that order (``2E1`` for an unused slot), ``mover``/``row``
+        ``[P, S]`` its rows (0 for an unused slot, with ``valid`` false) and ``of_pair [P, n1²]`` the slot of
+        ``i·n1 + j`` (``S`` where i, j are not adjacent)."""
+        if getattr(self, "_ejection_slots", None) is None:
+            n1, device = self.n1, self.unary.device
+            positions = self.half_row.shape[1]
+            key = torch.where(
+                self.keep.repeat(1, 2), self.half_partner * n1 + self.half_row // self.width, n1 * n1
+            )
+            order = key.argsort(dim=1, stable=True)
+            ordered = key.gather(1, order)
+            starts = torch.ones_like(ordered, dtype=torch.bool)
+            starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+            slot = starts.cumsum(1) - 1
+            count = int(slot.amax()) + 1 if positions else 0
+            slot_key = torch.full((self.problems, count), n1 * n1, dtype=torch.long, device=device)
+            slot_key.scatter_(1, slot, ordered)
+            first = torch.full((self.problems, count), positions, dtype=torch.long, device=device)
+            first.scatter_reduce_(1, slot, torch.arange(positions, device=device).expand_as(slot), "amin")
+            valid = slot_key < n1 * n1
+            pairs = torch.where(valid, slot_key, 0)
+            of_pair = torch.full((self.problems, n1 * n1 + 1), count, dtype=torch.long, device=device)
+            of_pair.scatter_(1, slot_key, torch.arange(count, device=device).expand_as(slot_key).contiguous())
+            self._ejection_slots = {
+                "order": order,
+                "first": first,
+                "mover": pairs // n1,
+                "row": pairs % n1,
+                "valid": valid,
+                "of_pair": of_pair[:, : n1 * n1],
+            }
+        return self._ejection_slots
+
     def neighbour_pairs(self) -> tuple[Tensor, Tensor]:
         """Both directions of every kept E1 edge, invalid ones pointing at a spare slot ``n1``."""
         spare = self.n1
@@ -339,7 +375,9 @@ class _Chains:
     with flat offsets. :meth:`terms` gives ``h = C + (A + Aᵀ)x`` and the image costs of every E1 edge.
     """
 
-    def __init__(self, problem: _Problem, owner: Tensor, ejection: Tensor | None = None) -> None:
+    def __init__(
+        self, problem: _Problem, owner: Tensor, ejection: Tensor | None = None, adjacent: bool = False
+    ) -> None:
         self.problem = problem
         n1, width, e1 = problem.n1, problem.width, problem.e1
         device = owner.device
@@ -374,6 +412,22 @@ class _Chains:
             per_chain["lookup_base"] = owner[:, None, None] * (width * width)
             edge = torch.arange(e1, device=device)
             per_chain["edge_base"] = (owner[:, None, None] * e1 + edge) * (problem.e2 + 1)
+        self.ejection = ejection is not None and bool(ejection.any())
+        self.adjacent_ejection = adjacent and self.ejection and self.table is not None
+        if self.adjacent_ejection:
+            slots = {name: value.index_select(0, owner) for name, value in problem.ejection_slots().items()}
+            order = slots["order"]
+            table_row_by_half = ((owner[:, None] * 2 + side) * e1 + half_edge) * width
+            per_chain["slot_table_row"] = table_row_by_half.gather(1, order)
+            per_chain["slot_half_row"] = (problem.half_row.index_select(0, owner) // width).gather(1, order)
+            per_chain["slot_half_partner"] = per_chain["partner"].gather(1, order)
+            per_chain["slot_first"] = slots["first"]
+            per_chain["slot_mover"] = slots["mover"]
+            per_chain["slot_row"] = slots["row"]
+            per_chain["slot_of_pair"] = slots["of_pair"]
+            # Slots that do not exist, or chains without ejections: inf (never chosen).
+            off = ~slots["valid"] | ~ejection[:, None]
+            self.slot_off = torch.zeros(off.shape, device=device).masked_fill_(off, float("inf"))
         self.layout: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         start = 0
         for name, tensor in per_chain.items():
@@ -384,16 +438,20 @@ class _Chains:
         self.unary = problem.unary.index_select(0, owner)  # [C, n1 * W]
         # Ejection moves (row i takes row j's column, j moves to its best free column) for the chains that
         # use them; their delta is exact for non-adjacent i, j only, so adjacent pairs are blocked (inf).
-        self.ejection = ejection is not None and bool(ejection.any())
         if self.ejection:
             blocked = problem.adjacency().index_select(0, owner) | ~ejection[:, None, None]
             block = torch.zeros(blocked.shape, device=device).masked_fill_(blocked, float("inf"))
             self.unary = torch.cat([self.unary, block.view(chains, -1)], 1)
+            if self.adjacent_ejection:
+                self.unary = torch.cat([self.unary, self.slot_off], 1)
         self._unpack()
         # Constants of every search round, made once (each op costs microseconds here); subsets slice them.
         self.rows = torch.arange(n1, device=device)
         self.eye = torch.eye(n1, dtype=torch.bool, device=device)
         self.unmatched_bucket = width + self.rows
+        self.constants_float = {
+            "slot_weights": torch.tensor([1.0, -1.0], device=device).repeat(chains * 2 * max(e1, 1)),
+        }
         self.constants = {
             "all_free": torch.ones(chains, width, dtype=torch.bool, device=device),
             "no_claim": torch.full((chains, 1), _NO_RANK, dtype=torch.long, device=device),
@@ -406,7 +464,10 @@ class _Chains:
         chains = self.packed.shape[0]
         n1, width = self.problem.n1, self.problem.width
         self.unary_costs = self.unary[:, : n1 * width]
-        self.ejection_block = self.unary[:, n1 * width :].view(chains, n1, n1) if self.ejection else None
+        self.ejection_block = None
+        if self.ejection:
+            self.ejection_block = self.unary[:, n1 * width : n1 * (width + n1)].view(chains, n1, n1)
+            self.slot_off = self.unary[:, n1 * (width + n1) :]
         for name, (start, stop, tail) in self.layout.items():
             view = self.packed[:, start:stop].view(chains, *tail)
             setattr(self, name, view.expand(-1, 2, -1) if name in _READ_FOR_BOTH_SIDES else view)
@@ -421,6 +482,15 @@ class _Chains:
             self.column_base = target.view(chains, -1, 1) * self.problem.width
         else:
             self.bag_offsets = (chain_index * (2 * self.problem.e1) + self.bag_start).view(-1)
+        if getattr(self, "adjacent_ejection", False):
+            # Each half edge gives two entries (weights +1, -1) to its slot's bag.
+            self.slot_offsets = (chain_index * (4 * self.problem.e1) + 2 * self.slot_first).view(-1)
+            self.slot_weights = self.constants_float["slot_weights"][: chains * 4 * self.problem.e1]
+            self.slot_h_rows = (chain_index * self.problem.n1 + self.slot_row).view(-1)
+            # Flat positions of the slots' (mover, row) entries in the moves buffer [C, n1, W + 3·n1].
+            n1, width = self.problem.n1, self.problem.width
+            within = self.slot_mover * (width + 3 * n1) + width + 2 * n1 + self.slot_row
+            self.slot_positions = (chain_index * (n1 * (width + 3 * n1)) + within).view(-1)
 
     def subset(self, keep: Tensor) -> _Chains:
         """The chains at indices ``keep`` (a few row selections, no rebuilding)."""
@@ -507,9 +577,11 @@ def _local_search(
     tolerance: float,
     only: Tensor | None = None,
     ejection: Tensor | None = None,
+    adjacent: bool = False,
 ) -> Tensor:
     """Best-improvement local search from ``sigma [P, S, n1]`` (of the problems ``only``, if given) until no
-    move improves any start.
+    move improves any start; the starts flagged in ``ejection [S]`` also try ejections (of adjacent rows
+    too with ``adjacent``, on the dense table only).
 
     Every row proposes its best move: go to a free column or to the dummy, swap columns with another row,
     or take another row's column (that row becomes unmatched). Proposals are ranked by gain; a proposal is
@@ -524,7 +596,8 @@ def _local_search(
     owner = torch.arange(problems, device=device) if only is None else only
     owner = owner.repeat_interleave(starts)
     active = torch.arange(problems * starts, device=device)
-    chains = _Chains(problem, owner, None if ejection is None else ejection.repeat(owner.shape[0] // starts))
+    flags = None if ejection is None else ejection.repeat(owner.shape[0] // starts)
+    chains = _Chains(problem, owner, flags, adjacent)
     current_sigma = result.clone()
     # On a GPU every convergence check is a device sync; there a few wasted iterations are cheaper.
     on_cpu = device.type == "cpu"
@@ -587,7 +660,10 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
         # negative (i and j non-adjacent, so i's move leaves h[j] unchanged).
         free_value, free_column = single[..., : problem.n2].min(2)
         gain = (free_value + current).clamp_(max=0.0)
-        torch.add(steal, gain[:, None, :], out=moves[..., width + 2 * n1 :]).add_(ejection)
+        ejections = moves[..., width + 2 * n1 :]
+        torch.add(steal, gain[:, None, :], out=ejections).add_(ejection)
+        if chains.adjacent_ejection:
+            slot_column = _adjacent_ejections(chains, sigma, linear, free, steal, moves)
     delta, choice = moves.min(2)
     candidate = delta < -tolerance
     moving = candidate.any(1)
@@ -605,6 +681,9 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     if ejection is not None:
         use_ejection = choice >= width + 2 * n1
         ejected_to = free_column.gather(1, partner)
+        if chains.adjacent_ejection:
+            slot = chains.slot_of_pair.gather(1, rows * n1 + partner)
+            ejected_to = torch.where(slot < slot_column.shape[1] - 1, slot_column.gather(1, slot), ejected_to)
         partner_new = torch.where(use_ejection, ejected_to, partner_new)
         bucket = torch.where(use_ejection, ejected_to, bucket)
     # Conflict resolution by rank (ties broken by row index, so the result is deterministic).
@@ -624,6 +703,38 @@ def _improve(chains: _Chains, sigma: Tensor, tolerance: float, check: bool = Tru
     spare.scatter_(1, torch.where(accept, partner, n1), partner_new)
     spare.scatter_(1, torch.where(accept, rows, n1), new_col)
     return spare[:, :n1], moving
+
+
+def _adjacent_ejections(
+    chains: _Chains, sigma: Tensor, linear: Tensor, free: Tensor, steal: Tensor, moves: Tensor
+) -> Tensor:
+    """Write into the ejection block of ``moves [C, n1, W + 3·n1]`` the exact deltas of the ejections of
+    adjacent rows: mover i takes j's column, then j moves to its best free column l with i already at its
+    new column, so j's linear term changes by ``T_e[σ(j)] - T_e[σ(i)]`` over the half edges e of j with
+    partner i (their table rows).
+    Returns each slot's best column ``[C, S + 1]`` (a last column for "no slot")."""
+    problem = chains.problem
+    count, n1 = sigma.shape
+    width = problem.width
+    own = sigma.gather(1, chains.slot_half_row)  # σ(j): i's new column
+    other = sigma.gather(1, chains.slot_half_partner)  # σ(i): its old one
+    rows = torch.stack([chains.slot_table_row + own, chains.slot_table_row + other], 2).view(-1)
+    change = torch.nn.functional.embedding_bag(
+        rows,
+        chains.table.view(-1, width),
+        chains.slot_offsets,
+        mode="sum",
+        per_sample_weights=chains.slot_weights,
+    )
+    slots = chains.slot_row.shape[1]
+    after = (linear.view(count * n1, width).index_select(0, chains.slot_h_rows) + change).view(
+        count, slots, width
+    )
+    best, column = after.masked_fill_(~free[:, None, :], float("inf")).min(2)
+    pairs = chains.slot_mover * n1 + chains.slot_row
+    values = steal.reshape(count, n1 * n1).gather(1, pairs) + best + chains.slot_off
+    moves.view(-1).index_copy_(0, chains.slot_positions, values.view(-1))
+    return torch.cat([column, column.new_full((count, 1), problem.n2)], 1)
 
 
 def _best_of(sigma: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
@@ -816,6 +927,18 @@ def _solve(
         value[chosen] = torch.where(better, found_value, value[chosen])
         # A problem is kicked again only while its last round improved it.
         kick = torch.zeros_like(kick).index_fill_(0, chosen[better], True)
+    if iterated:
+        # Polish: from each incumbent, the local search with every ejection, adjacent rows included (exact
+        # but ~2x a search round's cost, so only here, on one chain per problem).
+        polished = _local_search(
+            problem,
+            sigma[:, None],
+            tolerance,
+            ejection=torch.ones(1, dtype=torch.bool, device=device),
+            adjacent=True,
+        )[:, 0]
+        sigma = polished
+        value = problem.objective(sigma[:, None])[:, 0]
     certified = value <= bound + tolerance
     matching = torch.zeros(problems, n1, n2 + 1, dtype=dtype, device=device)
     matching.scatter_(2, sigma[..., None], 1.0)
