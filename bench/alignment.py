@@ -185,7 +185,7 @@ def quality_rows(args: argparse.Namespace, today: types.SimpleNamespace) -> list
     )
     rows.append(
         (
-            f"backward re-solve as trained (warm, plain), n=5..7 ({backward_total}), optimal",
+            f"backward re-solve as trained (from the warm start), n=5..7 ({backward_total}), optimal",
             f"{counts['backward'] / backward_total:.1%}",
             "",
             "perturbed costs solved from the forward's matching",
