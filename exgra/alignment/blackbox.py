@@ -31,8 +31,8 @@ from torch import Tensor
 from exgra.alignment.solver import Search, _resolve, _solve_and_keep, edge_pair_indicator
 
 # The backward's re-solve: the local search from the forward's matching alone ("warm"); on the perturbed
-# costs C + λ·g it reached the optimum on all 600 + 40 checked problems (docs/alignment.md), and the greedy
-# starts "plain" adds only cost ~3 % of a training step's alignment.
+# costs C + λ·g it reached the optimum on all 600 + 40 checked problems (docs/alignment.md), as with the
+# greedy starts that "plain" adds, which cost ~3 % of a training step's alignment.
 BACKWARD_SEARCH: Search = "warm"
 __all__ = ["BlackboxMatching", "blackbox_matching"]
 
@@ -121,7 +121,8 @@ def blackbox_matching(
         return_certificate: also return per problem whether the solver's lower bound certifies the
             matching optimal (bool, ``[P]`` or scalar).
         search: the forward solve's search, ``"iterated"`` or ``"plain"`` (:func:`solve_matching`); the
-            backward's re-solve always runs the plain search from the forward's matching.
+            backward's re-solve always runs the local search from the forward's matching alone
+            (``BACKWARD_SEARCH``).
     """
     if lambda_val <= 0:
         raise ValueError(f"lambda_val must be positive, got {lambda_val}")
