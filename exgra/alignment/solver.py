@@ -841,7 +841,8 @@ def _noisy_scores(linear: Tensor, count: int, seed: int) -> Tensor:
     _, n1, n2 = linear.shape
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(count, n1, n2, generator=generator).to(linear.device)
-    spread = linear.std(dim=(1, 2), keepdim=True)[:, None]
+    # (A 1 x 1 problem has no spread: no noise, rather than a NaN from the sample std of one value.)
+    spread = linear.std(dim=(1, 2), keepdim=True)[:, None] if n1 * n2 > 1 else linear.new_zeros(1, 1, 1, 1)
     scale = torch.linspace(_START_NOISE_LOW, _START_NOISE_HIGH, count, device=linear.device)[
         None, :, None, None
     ]

@@ -469,3 +469,16 @@ def test_an_ejection_of_adjacent_rows_is_found_by_the_polish() -> None:
     found = _search(problem, start, ejection=True, adjacent=True)
     assert found.tolist() == [0, 1, -1]
     assert brute_force(*problem) == pytest.approx(-10.5)
+
+
+def test_a_one_by_one_problem_is_solved_without_a_warning() -> None:
+    # The random starts' noise is scaled by the costs' spread; one cost has none (its sample std is NaN and
+    # warns): no noise then, and the only sensible answers.
+    import warnings
+
+    edges = torch.zeros(2, 1, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        negative = solve_matching(torch.tensor([[-1.0]]), torch.zeros(1, 1), edges, edges)
+        positive = solve_matching(torch.tensor([[2.0]]), torch.zeros(1, 1), edges, edges)
+    assert negative.tolist() == [[1.0]] and positive.tolist() == [[0.0]]
