@@ -323,13 +323,23 @@ class AnswerGenerator:
     def shared_prefix(self, rows: Sequence[Sequence[int]]) -> int:
         """How many leading tokens every row shares with the template's opening (its system prompt and
         example turns, the same in every prompt), at least one token short of the shortest row; 0 when
-        that is under ``_MIN_PREFIX`` tokens, too few to be worth a cache of their own."""
+        that is under ``_MIN_PREFIX`` tokens, too few to be worth a cache of their own.
+
+        The opening is what two prompts with different questions share, so it ends before any token
+        that a question's first word could change: a prompt gets the same prefix alone or batched.
+        """
         if not hasattr(self, "_opening"):
             try:
-                opening = self.build_conversation_prompt([("human", "")], images_per_turn=[0])
-                self._opening = self.token_rows([opening])[0]
+                first, second = (
+                    self.token_rows([self.build_conversation_prompt([("human", text)], images_per_turn=[0])])[
+                        0
+                    ]
+                    for text in ("a", "Z")
+                )
             except (ExgraError, ValueError, KeyError, TypeError):
-                self._opening = []
+                first, second = [], []
+            same = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), 0)
+            self._opening = first[:same]
         shared = min(len(self._opening), min(len(row) for row in rows) - 1)
         for row in rows:
             shared = next((i for i in range(shared) if row[i] != self._opening[i]), shared)

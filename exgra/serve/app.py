@@ -171,11 +171,19 @@ def create_app(config: ServeConfig, loader: Callable[[ServeConfig], Any] = load_
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        parsed = _parse_request(await _read_body(request, config.max_request_bytes))
+        # Announced before its body is read, so a batch collecting the clients it just answered waits
+        # for this one too.
+        announced = engine.announce()
+        try:
+            parsed = _parse_request(await _read_body(request, config.max_request_bytes))
+        except BaseException:
+            if announced:
+                engine.withdraw()
+            raise
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not parsed.stream:
-            answer, prompt_tokens, max_tokens = await engine.answer(parsed)
+            answer, prompt_tokens, max_tokens = await engine.answer(parsed, announced=announced)
             finish = "length" if answer.num_new_tokens >= max_tokens else "stop"
             return completion_body(
                 completion_id,
@@ -185,7 +193,7 @@ def create_app(config: ServeConfig, loader: Callable[[ServeConfig], Any] = load_
                 finish,
                 _usage(prompt_tokens, answer.num_new_tokens),
             )
-        deltas, future, prompt_tokens, max_tokens = await engine.stream(parsed)
+        deltas, future, prompt_tokens, max_tokens = await engine.stream(parsed, announced=announced)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
 
         def event(body: dict[str, Any]) -> str:
