@@ -137,6 +137,7 @@ class BatchQueue:
         self._announced = 0
         self._serial = 0  # numbers the batches
         self._replying = 0  # requests of the latest batch whose answers are still on their way out
+        self._generating = False
         self.batch_sizes: deque[int] = deque(maxlen=10000)  # recent batch sizes, shown by /health
         self._thread = threading.Thread(target=self._run, name="exgra-batcher", daemon=True)
         self._thread.start()
@@ -144,6 +145,11 @@ class BatchQueue:
     def __len__(self) -> int:
         with self._condition:
             return len(self._waiting)
+
+    def idle(self) -> bool:
+        """Nothing waits or runs, and at most one request (the caller's) is announced."""
+        with self._condition:
+            return not self._waiting and not self._generating and self._announced <= 1
 
     def announce(self) -> None:
         """A request is being prepared (images decoded, prompt rendered) and will be submitted soon."""
@@ -183,6 +189,7 @@ class BatchQueue:
 
     def _take_batch(self) -> list[PendingRequest]:
         with self._condition:
+            self._generating = False  # the worker is back: the previous batch is answered
             while not self._waiting and not self._stopped:
                 self._condition.wait()
             if self._stopped:
@@ -200,6 +207,7 @@ class BatchQueue:
             for request in batch:
                 request.batch_serial = self._serial
             self._replying = sum(request.reports_reply for request in batch)
+            self._generating = True
             return batch
 
     def _collect(self) -> None:

@@ -143,3 +143,28 @@ def test_a_lone_request_on_an_idle_queue_starts_at_once() -> None:
         assert generator.batches == [["q0"], ["q1"], ["q2"]]
     finally:
         queue.close()
+
+
+def test_idle_means_nothing_waits_runs_or_is_announced_besides_the_caller() -> None:
+    generator = RecordingGenerator()  # its first batch blocks until released
+    queue = BatchQueue(generator, max_batch_size=32, window_s=0.01)
+    try:
+        assert queue.idle()
+        queue.announce()
+        assert queue.idle()  # the caller's own request
+        queue.announce()
+        assert not queue.idle()
+        queue.withdraw()
+        answers: dict[str, GeneratedAnswer] = {}
+        done = threading.Event()
+        queue.submit(_request("a", answers, done, 1), announced=True)
+        while not generator.batches and len(queue) == 0 and not queue._generating:
+            time.sleep(0.01)
+        assert not queue.idle()  # "a" is running
+        generator.release.set()
+        assert done.wait(10)
+        while queue._generating:
+            time.sleep(0.01)
+        assert queue.idle()
+    finally:
+        queue.close()
