@@ -7,7 +7,12 @@ decided in one place:
 * prompts come from the model's conversation template (:func:`exgra.data.templates.get_template`) with
   the model's image tokens (``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``);
 * batches are padded on the **left** with an attention mask, so every row's last prompt token sits at
-  the same position and generation continues from it; position ids follow the mask;
+  the same position and generation continues from it; position ids follow the mask. The leading
+  tokens every prompt shares with the template's opening (system prompt, example turns) are computed
+  once and their key/value states reused (:class:`exgra.eval.kv_cache.PrefixStore`); such a batch puts
+  its padding after that shared prefix instead of before it;
+* the key/value cache grows in place (:class:`exgra.eval.kv_cache.GrowingLayer`), not by a copy of
+  itself per step;
 * greedy decoding by default (``do_sample=False``), the template's stop strings end a row, and the
   decoded continuation is cut at the first stop string;
 * ``text`` is the cleaned answer (:meth:`ConversationTemplate.clean_answer`, e.g. the legacy

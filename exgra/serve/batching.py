@@ -217,8 +217,10 @@ class BatchQueue:
         answers go out one by one, then each sends, and its request is read and prepared); a batch
         started on the first of them runs a full batch's decoding steps for one row while the rest
         wait (batches of 1 + 31 instead of 32). So the wait goes on while the last batch's answers are
-        still going out or an announced request is still being read or prepared, and otherwise until
-        ``window`` seconds pass with no new arrival; never more than ``_MAX_WINDOWS`` windows in all.
+        still going out, an announced request is still being read or prepared, or fewer than half as
+        many requests wait as the last batch held (on a busy machine the first client back can be
+        more than a window ahead of the others), and otherwise until ``window`` seconds pass with no
+        new arrival; never more than ``_MAX_WINDOWS`` windows in all.
         """
         started = last_arrival = time.monotonic()
         seen = len(self._waiting)
@@ -226,7 +228,8 @@ class BatchQueue:
             now = time.monotonic()
             if len(self._waiting) != seen:
                 seen, last_arrival = len(self._waiting), now
-            expecting = self._announced > 0 or self._replying > 0
+            # Fewer than half of the last batch's clients back: the rest are most likely on their way.
+            expecting = self._announced > 0 or self._replying > 0 or 2 * seen < self._last_batch_size
             deadline = started + _MAX_WINDOWS * self.window_s
             if not expecting:
                 deadline = min(deadline, last_arrival + self.window_s)

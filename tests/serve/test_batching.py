@@ -168,3 +168,27 @@ def test_idle_means_nothing_waits_runs_or_is_announced_besides_the_caller() -> N
         assert queue.idle()
     finally:
         queue.close()
+
+
+def test_after_a_large_batch_the_first_client_back_waits_for_more() -> None:
+    generator = RecordingGenerator()
+    generator.release.set()
+    window = 0.1
+    queue = BatchQueue(generator, max_batch_size=32, window_s=window)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        queue._last_batch_size = 4  # the last batch answered four clients
+        done = threading.Event()
+        # The first one back is three windows ahead of the second: still one batch, because fewer
+        # than half of the four were back; the third arrives after a window with no arrival.
+        queue.submit(_request("a", answers, done, 3))
+        time.sleep(3 * window)
+        queue.submit(_request("b", answers, done, 3))
+        while len(generator.batches) < 1:
+            time.sleep(0.01)
+        time.sleep(2 * window)
+        queue.submit(_request("c", answers, done, 3))
+        assert done.wait(10)
+        assert generator.batches == [["a", "b"], ["c"]]
+    finally:
+        queue.close()
