@@ -185,13 +185,16 @@ def create_app(config: ServeConfig, loader: Callable[[ServeConfig], Any] = load_
         if not parsed.stream:
             answer, prompt_tokens, max_tokens = await engine.answer(parsed, announced=announced)
             finish = "length" if answer.num_new_tokens >= max_tokens else "stop"
-            return completion_body(
-                completion_id,
-                created,
-                engine.model_name,
-                answer.text,
-                finish,
-                _usage(prompt_tokens, answer.num_new_tokens),
+            # A response object, so FastAPI does not walk the body through jsonable_encoder first.
+            return JSONResponse(
+                completion_body(
+                    completion_id,
+                    created,
+                    engine.model_name,
+                    answer.text,
+                    finish,
+                    _usage(prompt_tokens, answer.num_new_tokens),
+                )
             )
         deltas, future, prompt_tokens, max_tokens = await engine.stream(parsed, announced=announced)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
