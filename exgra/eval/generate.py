@@ -334,21 +334,23 @@ class AnswerGenerator:
         that a question's first word could change: a prompt gets the same prefix alone or batched.
         """
         if not hasattr(self, "_opening"):
-            try:
-                first, second = (
-                    self.token_rows([self.build_conversation_prompt([("human", text)], images_per_turn=[0])])[
-                        0
-                    ]
-                    for text in ("a", "Z")
-                )
-            except (ExgraError, ValueError, KeyError, TypeError):
-                first, second = [], []
-            same = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), 0)
-            self._opening = first[:same]
+            self._opening = self._template_opening()
         shared = min(len(self._opening), min(len(row) for row in rows) - 1)
         for row in rows:
             shared = next((i for i in range(shared) if row[i] != self._opening[i]), shared)
         return shared if shared >= _MIN_PREFIX else 0
+
+    def _template_opening(self) -> list[int]:
+        """The tokens that two one-turn prompts with different questions share."""
+        try:
+            first, second = (
+                self.token_rows([self.build_conversation_prompt([("human", text)], images_per_turn=[0])])[0]
+                for text in ("a", "Z")
+            )
+        except (ExgraError, ValueError, KeyError, TypeError):
+            return []
+        same = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), 0)
+        return first[:same]
 
     def _cut(self, text: str, extra_stops: Sequence[str] = ()) -> str:
         for stop in [*self.stop_strings, *extra_stops]:
