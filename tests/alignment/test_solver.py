@@ -335,3 +335,137 @@ def test_a_round_without_the_early_exit_leaves_converged_matchings_unchanged() -
         assert torch.equal(after, converged) and not bool(moving.any())
         moved, still_moving = solver._improve(chains, starts.view(6, 9), 1e-6, check=False)
         assert bool(still_moving.any()) and not torch.equal(moved, starts.view(6, 9))
+
+
+def _sigma(matching: torch.Tensor) -> np.ndarray:
+    return np.where(matching.sum(-1).numpy() > 0, matching.argmax(-1).numpy(), -1)
+
+
+def _best_ejection_gain(sigma: np.ndarray, problem: tuple[torch.Tensor, ...], adjacent: bool) -> float:
+    """Largest objective decrease of an ejection move (row i takes row j's column, j moves to a free column
+    or to unmatched) over rows i, j (adjacent ones only with ``adjacent``), scored from scratch."""
+    unary, quad, left, right = (t.numpy() for t in problem)
+    u, q = unary.astype(np.float64), quad.astype(np.float64)
+    n1, n2 = unary.shape
+    edges = {(int(a), int(b)) for a, b in left.T if a >= 0 and b >= 0}
+    value = _objective_numpy(sigma, u, q, left, right)
+    free = [col for col in range(n2) if col not in set(sigma.tolist())]
+    best_gain = 0.0
+    for i in range(n1):
+        for j in range(n1):
+            if i == j or sigma[j] < 0 or (not adjacent and ((i, j) in edges or (j, i) in edges)):
+                continue
+            for col in [-1, *free]:
+                trial = sigma.copy()
+                trial[i], trial[j] = sigma[j], col
+                best_gain = max(best_gain, value - _objective_numpy(trial, u, q, left, right))
+    return best_gain
+
+
+def _search(
+    problem: tuple[torch.Tensor, ...], sigma: np.ndarray, ejection: bool, adjacent: bool = False
+) -> np.ndarray:
+    unary, quadratic, left, right = (t[None] for t in problem)
+    with torch.inference_mode():
+        internal = solver._Problem(unary, quadratic, left, right)
+        start = torch.as_tensor(np.where(sigma < 0, unary.shape[-1], sigma))[None, None]
+        flags = torch.tensor([ejection])
+        tolerance = solver._tolerance(internal)
+        found = solver._local_search(internal, start, tolerance, ejection=flags, adjacent=adjacent)[0, 0]
+    return np.where(found.numpy() == unary.shape[-1], -1, found.numpy())
+
+
+def test_an_ejection_move_is_found_where_no_single_move_improves() -> None:
+    # Rows 0 and 1 are not adjacent. From (0: unmatched, 1: column 0) no move, swap or steal improves
+    # (0 taking column 0 alone: -5.5 > -6); the ejection "0 takes column 0, 1 moves to column 1" reaches the
+    # optimum -10.5. Row 2 and the edge 0-2 only make the graphs non-empty (all quadratic costs 0).
+    unary = torch.tensor([[-5.5, 5.0, 1.0], [-6.0, -5.0, 1.0], [1.0, 1.0, 1.0]])
+    left = torch.tensor([[0], [2]])
+    right = torch.tensor([[0], [1]])
+    problem = (unary, torch.zeros(1, 1), left, right)
+    start = np.array([-1, 0, -1])
+    assert _search(problem, start, ejection=False).tolist() == start.tolist()
+    found = _search(problem, start, ejection=True)
+    assert found.tolist() == [0, 1, -1]
+    value = _objective_numpy(found, unary.double().numpy(), np.zeros((1, 1)), left.numpy(), right.numpy())
+    assert value == -10.5
+    assert brute_force(*problem) == pytest.approx(-10.5)
+
+
+@pytest.mark.parametrize("adjacent", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_ejection_search_ends_where_no_move_or_ejection_improves(seed: int, adjacent: bool) -> None:
+    # Oracle: every single move and every ejection (of non-adjacent rows, or of any two rows with adjacent),
+    # enumerated and scored from scratch.
+    from tests.alignment.instances import pipeline_problem
+
+    problem = pipeline_problem(9, 300 + seed, noise=(0.5, 1.0, 2.0)[seed % 3])
+    start = _sigma(solve_matching(*problem, search="plain"))
+    start[: 3 + seed % 3] = -1  # unassign a few rows so that the search has work to do
+    found = _search(problem, start, ejection=True, adjacent=adjacent)
+    matching = torch.zeros(9, 10)
+    matching[torch.arange(9), torch.as_tensor(np.where(found < 0, 9, found))] = 1.0
+    assert _no_improving_move(matching[:, :9], problem) < 1e-4
+    assert _best_ejection_gain(found, problem, adjacent) < 1e-4
+
+
+def test_the_warm_search_starts_from_the_warm_start_only() -> None:
+    # search="warm" (the blackbox backward's re-solve): the local search from the warm start alone, so it is
+    # the plain local search from that start, never worse than the start and a local optimum.
+    from tests.alignment.instances import pipeline_problem
+
+    unary, quadratic, left, right = pipeline_problem(12, 5, noise=1.0, perturbed=True)
+    warm = solve_matching(unary, quadratic, left, right, search="plain")
+    noisy = unary + torch.randn(unary.shape, generator=torch.Generator().manual_seed(0)) * unary.std()
+    problem = (noisy, quadratic, left, right)
+    _, internal, _ = _solve_and_keep(*problem, search="plain")
+    ours = _resolve(internal, noisy, warm, search="warm")
+    expected = _search(problem, _sigma(warm), ejection=False)
+    assert _sigma(ours).tolist() == expected.tolist()
+    assert float(matching_objective(ours, *problem)) <= float(matching_objective(warm, *problem)) + 1e-6
+    assert _no_improving_move(ours, problem) < 1e-4
+
+
+@pytest.mark.parametrize("adjacent", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_round_of_the_ejection_search_lowers_the_objective(seed: int, adjacent: bool) -> None:
+    # The moves applied together in one round must add up to an improvement (scored from scratch): a wrong
+    # delta for the ejection move (or a wrong partner column) shows up as a round that makes things worse.
+    from tests.alignment.instances import pipeline_problem
+
+    problem = pipeline_problem(10, 400 + seed, noise=(0.5, 1.0, 2.0)[seed % 3])
+    unary, quadratic, left, right = (t[None] for t in problem)
+    u, q = (t.double().numpy() for t in problem[:2])
+    with torch.inference_mode():
+        internal = solver._Problem(unary, quadratic, left, right)
+        noisy = solver._noisy_scores(internal.uniform_linearisation(), 6, seed)
+        starts = solver._greedy_rounding(noisy, 10)[0]
+        flags = torch.ones(6, dtype=torch.bool)
+        chains = solver._Chains(internal, torch.zeros(6, dtype=torch.long), flags, adjacent)
+        sigma, rounds = starts, 0
+        while True:
+            new, moving = solver._improve(chains, sigma, solver._tolerance(internal))
+            if not bool(moving.any()):
+                break
+            for before, after in zip(sigma.numpy(), new.numpy(), strict=True):
+                if (before != after).any():
+                    old = _objective_numpy(np.where(before == 10, -1, before), u, q, *problem[2:])
+                    now = _objective_numpy(np.where(after == 10, -1, after), u, q, *problem[2:])
+                    assert now < old - 1e-6
+            sigma, rounds = new, rounds + 1
+    assert rounds > 1
+
+
+def test_an_ejection_of_adjacent_rows_is_found_by_the_polish() -> None:
+    # Rows 0 and 1 adjacent (edge 0->1 onto 0->1 costs -1 when 0 sits at column 0 and 1 at column 1). From
+    # (0: unmatched, 1: column 0): 0 taking column 0 alone loses (-5.5 > -6), 1 moving alone loses; together
+    # (0 -> 0, 1 -> 1) they gain, counting the edge term that only exists once both have moved: -10.5.
+    unary = torch.tensor([[-5.5, 5.0, 1.0], [-6.0, -4.0, 1.0], [1.0, 1.0, 1.0]])
+    left = torch.tensor([[0], [1]])
+    right = torch.tensor([[0], [1]])
+    problem = (unary, torch.tensor([[-1.0]]), left, right)
+    start = np.array([-1, 0, -1])
+    assert _search(problem, start, ejection=True).tolist() == start.tolist()  # not adjacent-aware: stuck
+    found = _search(problem, start, ejection=True, adjacent=True)
+    assert found.tolist() == [0, 1, -1]
+    assert brute_force(*problem) == pytest.approx(-10.5)
