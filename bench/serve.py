@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,13 +38,24 @@ import torch  # noqa: E402
 
 from tests.serve.helpers import data_url, running_server  # noqa: E402
 
+_connections = threading.local()
+
 
 def _post(url: str, body: dict) -> tuple[float, str]:
+    """One request on this client thread's own kept-alive connection, as OpenAI's SDK (httpx) keeps one."""
+    parsed = urllib.parse.urlsplit(url)
+    connection = getattr(_connections, parsed.netloc, None)
+    if connection is None:
+        connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=600)
+        setattr(_connections, parsed.netloc, connection)
     data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as response:
-        answer = json.loads(response.read())["choices"][0]["message"]["content"]
+    connection.request("POST", parsed.path, body=data, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+    answer = json.loads(payload)["choices"][0]["message"]["content"]
     return time.perf_counter() - started, answer
 
 
@@ -104,6 +118,7 @@ def main() -> None:
                 )
                 urls[mode] = server.url
                 _load(f"{server.api}/chat/completions", bodies[:4], 4)  # warm-up
+                _load(f"{server.api}/chat/completions", bodies[:1], 1)  # ... ending as concurrency 1 starts
             # The in-process references run in the same rounds, between the servers' runs.
             generator = _generator(model_dir, args.max_tokens)
             largest = max(args.concurrency)

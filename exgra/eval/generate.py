@@ -7,7 +7,12 @@ decided in one place:
 * prompts come from the model's conversation template (:func:`exgra.data.templates.get_template`) with
   the model's image tokens (``<im_start>`` + N x ``<im_patch>`` + ``<im_end>``);
 * batches are padded on the **left** with an attention mask, so every row's last prompt token sits at
-  the same position and generation continues from it; position ids follow the mask;
+  the same position and generation continues from it; position ids follow the mask. The leading
+  tokens every prompt shares with the template's opening (system prompt, example turns) are computed
+  once and their key/value states reused (:class:`exgra.eval.kv_cache.PrefixStore`); such a batch puts
+  its padding after that shared prefix instead of before it;
+* the key/value cache grows in place (:class:`exgra.eval.kv_cache.GrowingLayer`), not by a copy of
+  itself per step;
 * greedy decoding by default (``do_sample=False``), the template's stop strings end a row, and the
   decoded continuation is cut at the first stop string;
 * ``text`` is the cleaned answer (:meth:`ConversationTemplate.clean_answer`, e.g. the legacy
@@ -30,6 +35,7 @@ from exgra.choices import DtypeName, TemplateName
 from exgra.config import Section
 from exgra.data.templates import REFERENCE_TEMPLATES
 from exgra.errors import ExgraError
+from exgra.eval.kv_cache import PrefixStore, growing_cache
 from exgra.models.dtypes import TORCH_DTYPES as _DTYPES
 from exgra.vocabulary import strip_image_placeholder as question_text
 
@@ -47,6 +53,11 @@ __all__ = [
     "resolve_dtype",
     "stop_trigger_ids",
 ]
+
+# New tokens a generate call's key/value cache has room for at first (it grows by chunks after that).
+_CACHE_RESERVE = 256
+# The fewest shared leading tokens whose states are cached and reused (exgra.eval.kv_cache.PrefixStore).
+_MIN_PREFIX = 16
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -244,6 +255,7 @@ class AnswerGenerator:
         self.settings = settings or GenerationSettings()
         self.image_tokens = "" if native else bundle.image_tokens
         self.stop_strings = self.family.stop_strings(bundle, self.template_name)
+        self.prefix_store = PrefixStore()
 
     @property
     def eos_token_id(self) -> int | list[int] | None:
@@ -289,28 +301,56 @@ class AnswerGenerator:
 
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
-        # Restore the side afterwards: a training loop may share this tokenizer and pad on the right.
+        return self._pad(self.token_rows(prompts), shared=0)
+
+    def token_rows(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Each prompt's token ids, unpadded (``settings.prompt_tokenization`` decides the rule)."""
         if self.settings.prompt_tokenization == "slow":
-            return self._encode_slow(prompts)
-        previous = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-        try:
-            batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
-        finally:
-            self.tokenizer.padding_side = previous
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            from exgra.models.tokenizer import reference_token_spans
 
-    def _encode_slow(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Prompts tokenised by the reference's slow-tokenizer rule (its training-time ids), left padded."""
-        from exgra.models.tokenizer import reference_token_spans
+            bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+            return [bos + [token for token, _ in reference_token_spans(self.tokenizer, p)] for p in prompts]
+        return self.tokenizer(list(prompts))["input_ids"]
 
-        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
-        rows = [bos + [token for token, _ in reference_token_spans(self.tokenizer, p)] for p in prompts]
+    def _pad(self, rows: Sequence[Sequence[int]], shared: int) -> dict[str, torch.Tensor]:
+        """Rows padded to one length: the first ``shared`` tokens (the same in every row) stay in front,
+        the padding goes between them and the rest (plain left padding when ``shared`` is 0); position
+        ids follow the attention mask, so each row reads exactly its own tokens."""
         width = max(len(row) for row in rows)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
-        return {"input_ids": input_ids, "attention_mask": mask}
+        ids, mask = [], []
+        for row in rows:
+            gap = width - len(row)
+            ids.append([*row[:shared], *[pad] * gap, *row[shared:]])
+            mask.append([1] * shared + [0] * gap + [1] * (len(row) - shared))
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+
+    def shared_prefix(self, rows: Sequence[Sequence[int]]) -> int:
+        """How many leading tokens every row shares with the template's opening (its system prompt and
+        example turns, the same in every prompt), at least one token short of the shortest row; 0 when
+        that is under ``_MIN_PREFIX`` tokens, too few to be worth a cache of their own.
+
+        The opening is what two prompts with different questions share, so it ends before any token
+        that a question's first word could change: a prompt gets the same prefix alone or batched.
+        """
+        if not hasattr(self, "_opening"):
+            self._opening = self._template_opening()
+        shared = min(len(self._opening), min(len(row) for row in rows) - 1)
+        for row in rows:
+            shared = next((i for i in range(shared) if row[i] != self._opening[i]), shared)
+        return shared if shared >= _MIN_PREFIX else 0
+
+    def _template_opening(self) -> list[int]:
+        """The tokens that two one-turn prompts with different questions share."""
+        try:
+            first, second = (
+                self.token_rows([self.build_conversation_prompt([("human", text)], images_per_turn=[0])])[0]
+                for text in ("a", "Z")
+            )
+        except (ExgraError, ValueError, KeyError, TypeError):
+            return []
+        same = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), 0)
+        return first[:same]
 
     def _cut(self, text: str, extra_stops: Sequence[str] = ()) -> str:
         for stop in [*self.stop_strings, *extra_stops]:
@@ -375,6 +415,7 @@ class AnswerGenerator:
         if not prompts:
             return []
         settings = settings or self.settings
+        prefix = None
         if self.template is None:
             # A chat-template family expands each image placeholder of its prompts itself (0, 1 or more).
             vision = pixel_values
@@ -382,7 +423,10 @@ class AnswerGenerator:
                 vision = {"pixel_values": vision}
             model_inputs = self.family.generation_inputs(self.bundle, prompts, vision)
         else:
-            encoded = self.encode(prompts)
+            rows = self.token_rows(prompts)
+            shared = self.shared_prefix(rows)
+            prefix = self.prefix_store.states(self.model, rows[0][:shared]) if shared else None
+            encoded = self._pad(rows, shared if prefix is not None else 0)
             model_inputs = {key: value.to(self.device) for key, value in encoded.items()}
             if pixel_values is not None:
                 model_inputs["pixel_values"] = pixel_values.to(device=self.device, dtype=self.dtype)
@@ -411,6 +455,14 @@ class AnswerGenerator:
             )
         if streamer is not None:
             kwargs["streamer"] = streamer
+        # The cache grows in place, not by a copy of itself per step, and starts with the shared prefix's
+        # states, so generate runs only the rest of each prompt (see exgra.eval.kv_cache).
+        reserve = min(settings.max_new_tokens, _CACHE_RESERVE)
+        cache = growing_cache(self.model, reserve, prefix=prefix, batch_size=len(prompts))
+        if cache is not None:
+            kwargs["cache"] = cache
+        elif prefix is not None:
+            raise RuntimeError("a prefix cache was planned but the model's cache cannot hold it")
         output = self.model.generate(**model_inputs, **kwargs)
         new_tokens = output[:, input_ids.shape[1] :].cpu()
         answers = []

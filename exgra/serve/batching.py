@@ -48,6 +48,9 @@ class PendingRequest:
     on_done: Callable[[GeneratedAnswer | BaseException], None]
     stream: StreamSink | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
+    # The caller reports (BatchQueue.replied) when this request's answer has reached its client.
+    reports_reply: bool = False
+    batch_serial: int = -1
 
 
 class StreamSink:
@@ -132,6 +135,9 @@ class BatchQueue:
         self._stopped = False
         self._last_batch_size = 0
         self._announced = 0
+        self._serial = 0  # numbers the batches
+        self._replying = 0  # requests of the latest batch whose answers are still on their way out
+        self._generating = False
         self.batch_sizes: deque[int] = deque(maxlen=10000)  # recent batch sizes, shown by /health
         self._thread = threading.Thread(target=self._run, name="exgra-batcher", daemon=True)
         self._thread.start()
@@ -139,6 +145,11 @@ class BatchQueue:
     def __len__(self) -> int:
         with self._condition:
             return len(self._waiting)
+
+    def idle(self) -> bool:
+        """Nothing waits or runs, and at most one request (the caller's) is announced."""
+        with self._condition:
+            return not self._waiting and not self._generating and self._announced <= 1
 
     def announce(self) -> None:
         """A request is being prepared (images decoded, prompt rendered) and will be submitted soon."""
@@ -150,6 +161,13 @@ class BatchQueue:
         with self._condition:
             self._announced -= 1
             self._condition.notify()
+
+    def replied(self, request: PendingRequest) -> None:
+        """``request``'s answer has been handed to its client (only for ``reports_reply`` requests)."""
+        with self._condition:
+            if request.batch_serial == self._serial and self._replying > 0:
+                self._replying -= 1
+                self._condition.notify()
 
     def submit(self, request: PendingRequest, announced: bool = False) -> bool:
         """Queue ``request``; ``False`` when the queue is full (the caller answers 503)."""
@@ -171,6 +189,7 @@ class BatchQueue:
 
     def _take_batch(self) -> list[PendingRequest]:
         with self._condition:
+            self._generating = False  # the worker is back: the previous batch is answered
             while not self._waiting and not self._stopped:
                 self._condition.wait()
             if self._stopped:
@@ -184,16 +203,24 @@ class BatchQueue:
                 (batch if candidate.batch_key == head.batch_key else kept).append(candidate)
             kept.extend(self._waiting)
             self._waiting = kept
+            self._serial += 1
+            for request in batch:
+                request.batch_serial = self._serial
+            self._replying = sum(request.reports_reply for request in batch)
+            self._generating = True
             return batch
 
     def _collect(self) -> None:
         """Under load, wait for more requests before a batch starts (the condition is held).
 
-        The wait ends ``window`` seconds after the latest arrival (not after the first), while no
-        announced request is still being prepared, or after ``_MAX_WINDOWS`` windows in all. Clients
-        answered by one batch come back as a burst spread over more than one window (HTTP, JSON,
-        images); a fixed window cut that burst, and under steady load the batches then stayed split
-        (e.g. 13 + 19 instead of 32, each costing nearly a full batch's decoding steps).
+        Clients answered by one batch come back as a burst spread over more than one window (their
+        answers go out one by one, then each sends, and its request is read and prepared); a batch
+        started on the first of them runs a full batch's decoding steps for one row while the rest
+        wait (batches of 1 + 31 instead of 32). So the wait goes on while the last batch's answers are
+        still going out, an announced request is still being read or prepared, or fewer than half as
+        many requests wait as the last batch held (on a busy machine the first client back can be
+        more than a window ahead of the others), and otherwise until ``window`` seconds pass with no
+        new arrival; never more than ``_MAX_WINDOWS`` windows in all.
         """
         started = last_arrival = time.monotonic()
         seen = len(self._waiting)
@@ -201,9 +228,11 @@ class BatchQueue:
             now = time.monotonic()
             if len(self._waiting) != seen:
                 seen, last_arrival = len(self._waiting), now
-            deadline = min(started + _MAX_WINDOWS * self.window_s, last_arrival + self.window_s)
-            if self._announced > 0:
-                deadline = started + _MAX_WINDOWS * self.window_s
+            # Fewer than half of the last batch's clients back: the rest are most likely on their way.
+            expecting = self._announced > 0 or self._replying > 0 or 2 * seen < self._last_batch_size
+            deadline = started + _MAX_WINDOWS * self.window_s
+            if not expecting:
+                deadline = min(deadline, last_arrival + self.window_s)
             if now >= deadline:
                 return
             self._condition.wait(deadline - now)

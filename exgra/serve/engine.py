@@ -247,15 +247,44 @@ class ServeEngine:
             )
         return prompt, pixel_values, settings, key, prompt_tokens
 
-    async def submit(
-        self, request: ChatCompletionRequest, on_text: Callable[[str], None] | None = None
-    ) -> tuple[asyncio.Future, int, int]:
-        """Queue ``request``; returns (future of the GeneratedAnswer, prompt tokens, max tokens)."""
-        self.require_ready()
-        assert self.queue is not None
+    def announce(self) -> bool:
+        """A completion request has started arriving (its body is still being read): batches that are
+        collecting wait for it. ``False`` while no model is loaded (nothing to tell)."""
+        if self.queue is None:
+            return False
         self.queue.announce()
+        return True
+
+    def withdraw(self) -> None:
+        """An announced request ended before it was queued (bad JSON, a refused image, ...)."""
+        if self.queue is not None:
+            self.queue.withdraw()
+
+    async def submit(
+        self,
+        request: ChatCompletionRequest,
+        on_text: Callable[[str], None] | None = None,
+        announced: bool = False,
+    ) -> tuple[asyncio.Future, PendingRequest, int, int]:
+        """Queue ``request``; returns (future of the GeneratedAnswer, the queued request, prompt tokens,
+        max tokens). The caller reports the answer's delivery with ``queue.replied``. ``announced``:
+        :meth:`announce` was called for it (else this announces it)."""
         try:
-            prepared = await asyncio.to_thread(self._prepare, request)
+            self.require_ready()
+        except APIError:
+            if announced:
+                self.withdraw()
+            raise
+        assert self.queue is not None
+        if not announced:
+            self.queue.announce()
+        try:
+            if self.queue.idle():
+                # Nothing else to serve: preparing here (~1 ms) saves two thread hand-offs, which on
+                # a busy machine each wait for a CPU.
+                prepared = self._prepare(request)
+            else:
+                prepared = await asyncio.to_thread(self._prepare, request)
         except BaseException:
             self.queue.withdraw()
             raise
@@ -277,21 +306,31 @@ class ServeEngine:
         stream = None
         if on_text is not None:
             stream = StreamSink(lambda text: loop.call_soon_threadsafe(on_text, text))
-        pending = PendingRequest(prompt, pixel_values, settings, key, request.stop_strings(), deliver, stream)
+        pending = PendingRequest(
+            prompt, pixel_values, settings, key, request.stop_strings(), deliver, stream, reports_reply=True
+        )
         if not self.queue.submit(pending, announced=True):
             raise APIError(503, "the server is busy (request queue full); retry later", code="overloaded")
-        return future, prompt_tokens, settings.max_new_tokens
+        return future, pending, prompt_tokens, settings.max_new_tokens
 
-    async def answer(self, request: ChatCompletionRequest) -> tuple[GeneratedAnswer, int, int]:
-        future, prompt_tokens, max_tokens = await self.submit(request)
-        return await future, prompt_tokens, max_tokens
+    async def answer(
+        self, request: ChatCompletionRequest, announced: bool = False
+    ) -> tuple[GeneratedAnswer, int, int]:
+        future, pending, prompt_tokens, max_tokens = await self.submit(request, announced=announced)
+        try:
+            return await future, prompt_tokens, max_tokens
+        finally:
+            self.queue.replied(pending)
 
     async def stream(
-        self, request: ChatCompletionRequest
+        self, request: ChatCompletionRequest, announced: bool = False
     ) -> tuple[AsyncIterator[str], asyncio.Future, int, int]:
         """Text deltas as they are generated; the future resolves to the final answer."""
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
-        future, prompt_tokens, max_tokens = await self.submit(request, on_text=deltas.put_nowait)
+        future, pending, prompt_tokens, max_tokens = await self.submit(
+            request, on_text=deltas.put_nowait, announced=announced
+        )
+        future.add_done_callback(lambda _: self.queue.replied(pending))
 
         async def iterate() -> AsyncIterator[str]:
             waiter = asyncio.ensure_future(deltas.get())

@@ -93,3 +93,102 @@ def test_torch_threads_leave_one_cpu_to_the_http_side() -> None:
     assert torch_threads(default, None, {}) == 1
     assert torch_threads(default, 8, {"OMP_NUM_THREADS": "4"}) is None  # torch reads it itself
     assert torch_threads(ServeConfig(model="tiny", threads=3), 8, {"OMP_NUM_THREADS": "4"}) == 3
+
+
+def _replying_request(prompt: str, answers: dict[str, GeneratedAnswer], done: threading.Event, expected: int):
+    request = _request(prompt, answers, done, expected)
+    request.reports_reply = True
+    return request
+
+
+def test_a_batch_waits_while_the_last_batch_answers_are_still_going_out() -> None:
+    generator = RecordingGenerator()
+    window = 0.1
+    queue = BatchQueue(generator, max_batch_size=32, window_s=window)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        first = [_replying_request(p, answers, threading.Event(), -1) for p in ("a", "b", "c")]
+        queue._last_batch_size = 2  # under load, so the three are collected into one batch
+        for request in first:
+            queue.submit(request)
+        generator.release.set()
+        while len(answers) < 3:
+            time.sleep(0.01)
+        assert generator.batches == [["a", "b", "c"]]
+        # One client is back while the other two answers have not reached their clients yet: the
+        # batch keeps collecting past a window with no arrival, until those answers are out.
+        done = threading.Event()
+        for prompt in ("d", "e"):
+            queue.submit(_request(prompt, answers, done, 5))
+            time.sleep(3 * window)
+        assert generator.batches == [["a", "b", "c"]]
+        for request in first:
+            queue.replied(request)
+        assert done.wait(10)
+        assert generator.batches == [["a", "b", "c"], ["d", "e"]]
+    finally:
+        queue.close()
+
+
+def test_a_lone_request_on_an_idle_queue_starts_at_once() -> None:
+    generator = RecordingGenerator()
+    generator.release.set()
+    queue = BatchQueue(generator, max_batch_size=32, window_s=30.0)  # a window no test would outwait
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        for index in range(3):
+            done = threading.Event()
+            queue.submit(_request(f"q{index}", answers, done, index + 1))
+            assert done.wait(10), "a lone request waited for a collection window"
+        assert generator.batches == [["q0"], ["q1"], ["q2"]]
+    finally:
+        queue.close()
+
+
+def test_idle_means_nothing_waits_runs_or_is_announced_besides_the_caller() -> None:
+    generator = RecordingGenerator()  # its first batch blocks until released
+    queue = BatchQueue(generator, max_batch_size=32, window_s=0.01)
+    try:
+        assert queue.idle()
+        queue.announce()
+        assert queue.idle()  # the caller's own request
+        queue.announce()
+        assert not queue.idle()
+        queue.withdraw()
+        answers: dict[str, GeneratedAnswer] = {}
+        done = threading.Event()
+        queue.submit(_request("a", answers, done, 1), announced=True)
+        while not generator.batches and len(queue) == 0 and not queue._generating:
+            time.sleep(0.01)
+        assert not queue.idle()  # "a" is running
+        generator.release.set()
+        assert done.wait(10)
+        while queue._generating:
+            time.sleep(0.01)
+        assert queue.idle()
+    finally:
+        queue.close()
+
+
+def test_after_a_large_batch_the_first_client_back_waits_for_more() -> None:
+    generator = RecordingGenerator()
+    generator.release.set()
+    window = 0.1
+    queue = BatchQueue(generator, max_batch_size=32, window_s=window)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        queue._last_batch_size = 4  # the last batch answered four clients
+        done = threading.Event()
+        # The first one back is three windows ahead of the second: still one batch, because fewer
+        # than half of the four were back; the third arrives after a window with no arrival.
+        queue.submit(_request("a", answers, done, 3))
+        time.sleep(3 * window)
+        queue.submit(_request("b", answers, done, 3))
+        while len(generator.batches) < 1:
+            time.sleep(0.01)
+        time.sleep(2 * window)
+        queue.submit(_request("c", answers, done, 3))
+        assert done.wait(10)
+        assert generator.batches == [["a", "b"], ["c"]]
+    finally:
+        queue.close()
