@@ -162,12 +162,13 @@ class _Problem:
         # Half edges: edge a=(u,v) adds to row u (partner v, in-list of σ(v)) and to row v (partner u,
         # out-list of σ(u)).
         arange1 = torch.arange(e1, device=device)
-        self.half_row = torch.cat([src1, dst1], 1) * width  # [P, 2E1]
+        self.half_node = torch.cat([src1, dst1], 1)  # [P, 2E1]: the row each half edge adds to
+        self.half_row = self.half_node * width  # its offset in the flat [n1 * W] layout
         # The half edges grouped by their row (one order for all chains of a problem), and where each row's
         # group starts: the dense-table search sums each group with one embedding_bag.
-        self.half_row_order = self.half_row.argsort(dim=1, stable=True)
+        self.half_row_order = self.half_node.argsort(dim=1, stable=True)
         per_row = torch.zeros(problems, n1, dtype=torch.long, device=device)
-        per_row.scatter_add_(1, self.half_row // width, torch.ones_like(self.half_row))
+        per_row.scatter_add_(1, self.half_node, torch.ones_like(self.half_node))
         self.half_row_start = per_row.cumsum(1) - per_row
         self.half_partner = torch.cat([dst1, src1], 1)
         self.half_side = torch.cat([arange1 * 0, arange1 * 0 + width])  # [2E1]
@@ -328,9 +329,7 @@ class _Problem:
         if getattr(self, "_ejection_slots", None) is None:
             n1, device = self.n1, self.unary.device
             positions = self.half_row.shape[1]
-            key = torch.where(
-                self.keep.repeat(1, 2), self.half_partner * n1 + self.half_row // self.width, n1 * n1
-            )
+            key = torch.where(self.keep.repeat(1, 2), self.half_partner * n1 + self.half_node, n1 * n1)
             order = key.argsort(dim=1, stable=True)
             ordered = key.gather(1, order)
             starts = torch.ones_like(ordered, dtype=torch.bool)
@@ -406,7 +405,7 @@ class _Chains:
             per_chain["bag_table_row"] = table_row.gather(1, order)
             per_chain["bag_start"] = problem.half_row_start.index_select(0, owner)
         else:
-            per_chain["half_rows"] = problem.half_row.index_select(0, owner) // width  # [C, 2 * E1]
+            per_chain["half_rows"] = problem.half_node.index_select(0, owner)  # [C, 2 * E1]
             per_chain["list_row"] = owner[:, None] * (2 * width) + problem.half_side
             per_chain["value_base"] = ((owner[:, None] * e1 + half_edge) * (problem.e2 + 1))[..., None]
             per_chain["lookup_base"] = owner[:, None, None] * (width * width)
@@ -417,9 +416,8 @@ class _Chains:
         if self.adjacent_ejection:
             slots = {name: value.index_select(0, owner) for name, value in problem.ejection_slots().items()}
             order = slots["order"]
-            table_row_by_half = ((owner[:, None] * 2 + side) * e1 + half_edge) * width
-            per_chain["slot_table_row"] = table_row_by_half.gather(1, order)
-            per_chain["slot_half_row"] = (problem.half_row.index_select(0, owner) // width).gather(1, order)
+            per_chain["slot_table_row"] = table_row.gather(1, order)
+            per_chain["slot_half_row"] = problem.half_node.index_select(0, owner).gather(1, order)
             per_chain["slot_half_partner"] = per_chain["partner"].gather(1, order)
             per_chain["slot_first"] = slots["first"]
             per_chain["slot_mover"] = slots["mover"]
@@ -427,7 +425,7 @@ class _Chains:
             per_chain["slot_of_pair"] = slots["of_pair"]
             # Slots that do not exist, or chains without ejections: inf (never chosen).
             off = ~slots["valid"] | ~ejection[:, None]
-            self.slot_off = torch.zeros(off.shape, device=device).masked_fill_(off, float("inf"))
+            slot_off = torch.zeros(off.shape, device=device).masked_fill_(off, float("inf"))
         self.layout: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         start = 0
         for name, tensor in per_chain.items():
@@ -435,23 +433,26 @@ class _Chains:
             self.layout[name] = (start, start + width_of, tuple(tensor.shape[1:]))
             start += width_of
         self.packed = torch.cat([tensor.reshape(chains, -1) for tensor in per_chain.values()], 1)
-        self.unary = problem.unary.index_select(0, owner)  # [C, n1 * W]
+        # Per-chain floats, packed likewise: the unary costs [C, n1 * W], then (ejection chains) the ejection
+        # block [C, n1 * n1] and (adjacent ejections) the slots' offsets [C, S].
+        self.packed_float = problem.unary.index_select(0, owner)
         # Ejection moves (row i takes row j's column, j moves to its best free column) for the chains that
         # use them; their delta is exact for non-adjacent i, j only, so adjacent pairs are blocked (inf).
         if self.ejection:
             blocked = problem.adjacency().index_select(0, owner) | ~ejection[:, None, None]
             block = torch.zeros(blocked.shape, device=device).masked_fill_(blocked, float("inf"))
-            self.unary = torch.cat([self.unary, block.view(chains, -1)], 1)
+            floats = [self.packed_float, block.view(chains, -1)]
             if self.adjacent_ejection:
-                self.unary = torch.cat([self.unary, self.slot_off], 1)
+                floats.append(slot_off)
+            self.packed_float = torch.cat(floats, 1)
         self._unpack()
         # Constants of every search round, made once (each op costs microseconds here); subsets slice them.
         self.rows = torch.arange(n1, device=device)
         self.eye = torch.eye(n1, dtype=torch.bool, device=device)
         self.unmatched_bucket = width + self.rows
-        self.constants_float = {
-            "slot_weights": torch.tensor([1.0, -1.0], device=device).repeat(chains * 2 * max(e1, 1)),
-        }
+        if self.adjacent_ejection:
+            # Each half edge gives two entries (weights +1, -1) to its slot's bag; subsets slice this.
+            self.all_slot_weights = torch.tensor([1.0, -1.0], device=device).repeat(chains * 2 * max(e1, 1))
         self.constants = {
             "all_free": torch.ones(chains, width, dtype=torch.bool, device=device),
             "no_claim": torch.full((chains, 1), _NO_RANK, dtype=torch.long, device=device),
@@ -463,11 +464,11 @@ class _Chains:
         """Set the per-chain tensors as views of ``packed``."""
         chains = self.packed.shape[0]
         n1, width = self.problem.n1, self.problem.width
-        self.unary_costs = self.unary[:, : n1 * width]
+        self.unary_costs = self.packed_float[:, : n1 * width]
         self.ejection_block = None
         if self.ejection:
-            self.ejection_block = self.unary[:, n1 * width : n1 * (width + n1)].view(chains, n1, n1)
-            self.slot_off = self.unary[:, n1 * (width + n1) :]
+            self.ejection_block = self.packed_float[:, n1 * width : n1 * (width + n1)].view(chains, n1, n1)
+            self.slot_off = self.packed_float[:, n1 * (width + n1) :]
         for name, (start, stop, tail) in self.layout.items():
             view = self.packed[:, start:stop].view(chains, *tail)
             setattr(self, name, view.expand(-1, 2, -1) if name in _READ_FOR_BOTH_SIDES else view)
@@ -482,10 +483,9 @@ class _Chains:
             self.column_base = target.view(chains, -1, 1) * self.problem.width
         else:
             self.bag_offsets = (chain_index * (2 * self.problem.e1) + self.bag_start).view(-1)
-        if getattr(self, "adjacent_ejection", False):
-            # Each half edge gives two entries (weights +1, -1) to its slot's bag.
+        if self.adjacent_ejection:
             self.slot_offsets = (chain_index * (4 * self.problem.e1) + 2 * self.slot_first).view(-1)
-            self.slot_weights = self.constants_float["slot_weights"][: chains * 4 * self.problem.e1]
+            self.slot_weights = self.all_slot_weights[: chains * 4 * self.problem.e1]
             self.slot_h_rows = (chain_index * self.problem.n1 + self.slot_row).view(-1)
             # Flat positions of the slots' (mover, row) entries in the moves buffer [C, n1, W + 3·n1].
             n1, width = self.problem.n1, self.problem.width
@@ -496,7 +496,7 @@ class _Chains:
         """The chains at indices ``keep`` (a few row selections, no rebuilding)."""
         other = copy.copy(self)
         other.packed = self.packed.index_select(0, keep)
-        other.unary = self.unary.index_select(0, keep)
+        other.packed_float = self.packed_float.index_select(0, keep)
         other._unpack()
         other._place(keep.shape[0])
         return other
@@ -853,9 +853,9 @@ def _kicks(problem: _Problem, incumbent_linear: Tensor, round_index: int) -> Ten
     """Restarts ``[P, K, n1]`` near the incumbents: greedy roundings of their linearisation
     ``h = C + (A + Aᵀ)x*`` (``incumbent_linear [P, n1, W]``) with noise, different in every round.
 
-    On 1,200 pipeline problems (n = 8–32) these found the better basins that an incumbent's local
-    neighbourhood hides (compound changes of 5–12 rows) about twice as often as unassigning a row's
-    E1-neighbourhood or forcing a row onto another column, the kicks they replaced (docs/alignment.md).
+    The misses they target are other basins (compound changes of 5–12 rows); on 1,200 pipeline problems
+    (n = 8–32, ejection moves on in both) they left 7 misses against a longer search's best, where the kicks
+    they replaced (a row's E1-neighbourhood unassigned, or a row forced onto another column) left 16.
     """
     n1, n2 = problem.n1, problem.n2
     seed = _START_SEED + 1000 * n1 + n2 + _KICK_SEED_STEP * (round_index + 1)
@@ -909,8 +909,8 @@ def _solve(
     sigma, value = _best_of(found, values)
     bound = problem.lower_bound() if certify else torch.full_like(value, -float("inf"))
     certified = value <= bound + tolerance
-    # Kicks for the problems whose best matching fewer than half of the starts reached: on 2,100 pipeline
-    # problems (n = 5–64) the kicks improved 6, 5 of them below that agreement (docs/alignment.md).
+    # Kicks for the problems whose best matching fewer than half of the starts reached (kicking only below
+    # 35 % agreement left more misses on the bench's 1,800 problems, docs/alignment.md).
     agreement = (values <= value[:, None] + tolerance).sum(1)
     kick = ~certified & (agreement < _KICK_AGREEMENT * starts.shape[1]) & iterated
     for round_index in range(_KICK_ROUNDS):
