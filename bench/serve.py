@@ -121,7 +121,7 @@ def main() -> None:
             # The in-process references run in the same rounds, between the servers' runs.
             generator = _generator(model_dir, args.max_tokens)
             largest = max(args.concurrency)
-            bare: list[float] = []
+            bare: list[list[float]] = []  # per round
             ceiling: list[tuple[float, float]] = []
             for concurrency in args.concurrency:
                 # All requests at concurrency 1 too: a p95 of a few dozen latencies is their second largest.
@@ -131,14 +131,14 @@ def main() -> None:
                         served, round_bare = _interleaved_singles(urls, generator, bodies[:count])
                         for mode, run in served.items():
                             runs.setdefault((mode, 1), []).append(run)
-                        bare += round_bare
-                        continue
-                    order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
-                    for mode in order:
-                        url = f"{urls[mode]}/v1/chat/completions"
-                        runs.setdefault((mode, concurrency), []).append(
-                            _load(url, bodies[:count], concurrency)
-                        )
+                        bare.append(round_bare)
+                    else:
+                        order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
+                        for mode in order:
+                            url = f"{urls[mode]}/v1/chat/completions"
+                            runs.setdefault((mode, concurrency), []).append(
+                                _load(url, bodies[:count], concurrency)
+                            )
                     if concurrency == largest:
                         ceiling.append(_generation_ceiling(generator, bodies[:largest]))
                 health = json.loads(urllib.request.urlopen(f"{urls['on']}/health").read())
@@ -183,12 +183,18 @@ def main() -> None:
         return
     p95 = {mode: _percentile([x for run in runs[mode, 1] for x in run[1]], 0.95) for mode in modes}
     p50 = {mode: statistics.median([x for run in runs[mode, 1] for x in run[1]]) for mode in modes}
+    round_ratios = [
+        _percentile(run[1], 0.95) / _percentile(round_bare, 0.95)
+        for run, round_bare in zip(runs["on", 1], bare, strict=True)
+    ]
+    bare = [latency for round_bare in bare for latency in round_bare]
     bare_p95, bare_p50 = _percentile(bare, 0.95), statistics.median(bare)
     print(
         f"bare generate (in process, same inputs, interleaved with the served requests): p50 "
         f"{1000 * bare_p50:.1f} ms, p95 {1000 * bare_p95:.1f} ms; served p95 at concurrency 1 / bare p95 = "
         f"{p95['on'] / bare_p95:.3f} (batching off: {p95['off'] / bare_p95:.3f}); p50: "
-        f"{p50['on'] / bare_p50:.3f} ({p50['off'] / bare_p50:.3f})"
+        f"{p50['on'] / bare_p50:.3f} ({p50['off'] / bare_p50:.3f}); p95 ratio per round "
+        f"{min(round_ratios):.3f}-{max(round_ratios):.3f}"
     )
 
 
