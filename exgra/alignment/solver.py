@@ -32,10 +32,14 @@ from the same greedy starts (whose chains keep the plain moves).
 from __future__ import annotations
 
 import copy
+import os
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from exgra.alignment import search_kernel
 
 __all__ = ["Search", "edge_pair_indicator", "matching_objective", "solve_matching"]
 
@@ -47,6 +51,9 @@ _NO_RANK = 1 << 62  # the rank of a row without an improving move (any candidate
 # six problems of n = 64 (k = 5); larger problems use the incidence lists.
 _DENSE_TABLE_LIMIT = 1 << 24
 _SMALL_TABLE_WIDTH = 33  # up to n2 = 32 the table pays off even for the plain search's few starts
+# The compiled CPU search (exgra.alignment.search_kernel: same rounds, same results); EXGRA_SOLVER_KERNEL=torch
+# runs the batched torch search on the CPU as well (it always runs on other devices and without the table).
+USE_KERNEL = os.environ.get("EXGRA_SOLVER_KERNEL", "numba") != "torch" and search_kernel.local_search is not None
 
 
 def _as_batch(
@@ -354,6 +361,22 @@ class _Problem:
             }
         return self._ejection_slots
 
+    def kernel_arrays(self) -> tuple[np.ndarray, ...]:
+        """The problem's index arrays for :mod:`search_kernel`: src, dst, keep, half_partner, the half edges'
+        order by row and each row's start, and the adjacency (shared by re-solves)."""
+        if getattr(self, "_kernel_arrays", None) is None:
+            arrays = (
+                self.src,
+                self.dst,
+                self.keep,
+                self.half_partner,
+                self.half_row_order,
+                self.half_row_start,
+                self.adjacency(),
+            )
+            self._kernel_arrays = tuple(array.contiguous().numpy() for array in arrays)
+        return self._kernel_arrays
+
     def neighbour_pairs(self) -> tuple[Tensor, Tensor]:
         """Both directions of every kept E1 edge, invalid ones pointing at a spare slot ``n1``."""
         spare = self.n1
@@ -592,6 +615,8 @@ def _local_search(
     """
     problems, starts, n1 = sigma.shape
     device = sigma.device
+    if USE_KERNEL and device.type == "cpu" and problem.image_table() is not None:
+        return _kernel_search(problem, sigma, tolerance, only, ejection, adjacent)
     result = sigma.reshape(problems * starts, n1).clone()
     owner = torch.arange(problems, device=device) if only is None else only
     owner = owner.repeat_interleave(starts)
@@ -615,6 +640,38 @@ def _local_search(
                 active, current_sigma = active[still], current_sigma[still]
                 chains = chains.subset(still)
     result.index_copy_(0, active, current_sigma)
+    return result.view(problems, starts, n1)
+
+
+def _kernel_search(
+    problem: _Problem,
+    sigma: Tensor,
+    tolerance: float,
+    only: Tensor | None,
+    ejection: Tensor | None,
+    adjacent: bool,
+) -> Tensor:
+    """:func:`_local_search` by the compiled kernel, one chain after another (CPU, dense table)."""
+    problems, starts, n1 = sigma.shape
+    result = sigma.reshape(problems * starts, n1).contiguous().clone()
+    owner = torch.arange(problems) if only is None else only
+    owner = owner.repeat_interleave(starts)
+    if ejection is None:
+        flags = torch.zeros(owner.shape[0], dtype=torch.bool)
+    else:
+        flags = ejection.repeat(problems).contiguous()
+    search_kernel.local_search(
+        result.numpy(),
+        owner.numpy(),
+        flags.numpy(),
+        adjacent,
+        problem.image_table().numpy(),
+        problem.unary.numpy(),
+        *problem.kernel_arrays(),
+        problem.n2,
+        np.float32(-tolerance),
+        _MAX_ITERATIONS_FACTOR * (n1 + 4),
+    )
     return result.view(problems, starts, n1)
 
 
