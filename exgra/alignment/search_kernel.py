@@ -70,26 +70,37 @@ def _kernel(
     nearby = np.empty(n1, dtype=np.int64)
     column_best = np.empty(width + n1, dtype=np.int64)
     accept = np.empty(n1, dtype=np.bool_)
+    changed = np.empty(n1, dtype=np.bool_)  # rows whose column changed in the last round
     for chain in range(chains):
         p = owner[chain]
         sig = sigma[chain]
         with_ejection = eject[chain]
+        first_round = True
+        changed[:] = True
         for _ in range(max_rounds):
             # h = C + (A + Aᵀ)x: per row, its half edges' table rows at the partner's column, summed in the
-            # order of the torch search's embedding_bag, then added to the unary costs.
+            # order of the torch search's embedding_bag, then added to the unary costs. A row none of whose
+            # partners moved in the last round keeps its h (the same sum of the same numbers).
             for i in range(n1):
-                acc[:] = ZERO
                 stop = bag_start[p, i + 1] if i + 1 < n1 else halves
+                stale = first_round
                 for position in range(bag_start[p, i], stop):
-                    half = bag_order[p, position]
-                    side = half // e1
-                    edge = half - side * e1
-                    column = sig[half_partner[p, half]]
+                    if changed[half_partner[p, bag_order[p, position]]]:
+                        stale = True
+                        break
+                if stale:
+                    acc[:] = ZERO
+                    for position in range(bag_start[p, i], stop):
+                        half = bag_order[p, position]
+                        side = half // e1
+                        edge = half - side * e1
+                        column = sig[half_partner[p, half]]
+                        for c in range(width):
+                            acc[c] += table[p, side, edge, column, c]
                     for c in range(width):
-                        acc[c] += table[p, side, edge, column, c]
-                for c in range(width):
-                    h[i, c] = unary[p, i * width + c] + acc[c]
+                        h[i, c] = unary[p, i * width + c] + acc[c]
                 current[i] = h[i, sig[i]]
+            first_round = False
             # Per row pair: summed cost of the current / exchanged images of the edges between them.
             images[:] = ZERO
             for edge in range(e1):
@@ -178,7 +189,9 @@ def _kernel(
                 partner_new[i] = n2 if use_steal else (sig[i] if use_pair else pick)
                 bucket[i] = width + i if pick >= n2 else pick
                 if pick >= width + 2 * n1:
-                    to = adjacent_column[i, mate] if (adjacent and adjacency[p, i, mate]) else free_column[mate]
+                    to = free_column[mate]
+                    if adjacent and adjacency[p, i, mate]:
+                        to = adjacent_column[i, mate]
                     partner_new[i] = to
                     bucket[i] = to
                 if delta[i] < neg_tolerance:
@@ -210,12 +223,58 @@ def _kernel(
                     and rank[i] <= nearby[partner[i]]
                     and rank[i] == column_best[bucket[i]]
                 )
+            changed[:] = False
             for i in range(n1):
                 if accept[i]:
                     sig[partner[i]] = partner_new[i]
+                    changed[partner[i]] = True
             for i in range(n1):
                 if accept[i]:
                     sig[i] = new_column[i]
+                    changed[i] = True
 
 
-local_search = numba.njit(cache=True, nogil=True)(_kernel) if numba is not None else None
+def _greedy_kernel(scores: np.ndarray, sigma: np.ndarray) -> None:
+    """Greedy rounding of ``scores [S, n1, n2]`` into ``sigma [S, n1]`` (filled with ``n2``), as
+    ``solver._greedy_rounding``: repeatedly match every mutual best (row, column) pair with negative cost
+    (first minimum per row and per column)."""
+    starts, n1, n2 = scores.shape
+    row_best = np.empty(n1, dtype=np.int64)
+    row_value = np.empty(n1, dtype=np.float32)
+    column_best = np.empty(n2, dtype=np.int64)
+    column_value = np.empty(n2, dtype=np.float32)
+    row_open = np.empty(n1, dtype=np.bool_)
+    column_open = np.empty(n2, dtype=np.bool_)
+    for start in range(starts):
+        row_open[:] = True
+        column_open[:] = True
+        for _ in range(min(n1, n2)):
+            column_value[:] = INF
+            column_best[:] = 0
+            for i in range(n1):
+                best, best_column = INF, 0
+                for c in range(n2):
+                    value = scores[start, i, c]
+                    if not (row_open[i] and column_open[c] and value < ZERO):
+                        value = INF
+                    if value < best:
+                        best, best_column = value, c
+                    if value < column_value[c]:
+                        column_value[c], column_best[c] = value, i
+                row_value[i], row_best[i] = best, best_column
+            matched = False
+            for i in range(n1):
+                if row_value[i] < INF and column_best[row_best[i]] == i:
+                    sigma[start, i] = row_best[i]
+                    matched = True
+            if not matched:
+                break
+            for i in range(n1):
+                if sigma[start, i] < n2:
+                    row_open[i] = False
+                    column_open[sigma[start, i]] = False
+
+
+_compile = numba.njit(cache=True, nogil=True) if numba is not None else None
+local_search = _compile(_kernel) if _compile else None
+greedy_rounding = _compile(_greedy_kernel) if _compile else None

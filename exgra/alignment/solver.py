@@ -51,9 +51,10 @@ _NO_RANK = 1 << 62  # the rank of a row without an improving move (any candidate
 # six problems of n = 64 (k = 5); larger problems use the incidence lists.
 _DENSE_TABLE_LIMIT = 1 << 24
 _SMALL_TABLE_WIDTH = 33  # up to n2 = 32 the table pays off even for the plain search's few starts
-# The compiled CPU search (exgra.alignment.search_kernel: same rounds, same results); EXGRA_SOLVER_KERNEL=torch
-# runs the batched torch search on the CPU as well (it always runs on other devices and without the table).
-USE_KERNEL = os.environ.get("EXGRA_SOLVER_KERNEL", "numba") != "torch" and search_kernel.local_search is not None
+# The compiled CPU search and greedy rounding (exgra.alignment.search_kernel: same rounds, same results);
+# EXGRA_SOLVER_KERNEL=torch runs the batched torch code on the CPU as well (it always runs on other devices,
+# and for problems without the dense table).
+USE_KERNEL = search_kernel.local_search is not None and os.environ.get("EXGRA_SOLVER_KERNEL") != "torch"
 
 
 def _as_batch(
@@ -577,6 +578,10 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
     (row, column) pairs with negative cost. Returns ``sigma [P, S, n1]`` (``n2`` = unmatched)."""
     problems, starts, n1, _ = scores.shape
     sigma = torch.full((problems, starts, n1), n2, dtype=torch.long, device=scores.device)
+    if USE_KERNEL and scores.device.type == "cpu" and scores.dtype == torch.float32:
+        flat = scores.reshape(problems * starts, n1, n2).contiguous()
+        search_kernel.greedy_rounding(flat.numpy(), sigma.view(problems * starts, n1).numpy())
+        return sigma
     scores = scores.masked_fill(scores >= 0, float("inf"))
     row_ids = torch.arange(n1, device=scores.device)
     none_taken = torch.zeros(problems, starts, n2 + 1, dtype=torch.bool, device=scores.device)
@@ -877,14 +882,16 @@ def _resolve(
 # Search effort (deterministic; quality and time in bench/alignment.py): pseudo-random extra starts of the
 # first pass, then rounds of kicks (noisy greedy restarts around the incumbent) for the problems the starts
 # disagree on, while a round improves them.
-_RANDOM_STARTS = 8  # forward solves only: the backward's warm start already sits in the right basin
-# Above this many rows the random starts thin out (8·64/n, at least 2): each costs a local search of about
-# n/2 iterations over n² terms, and at these sizes the target is "never worse than the plain search", which
-# the greedy starts guarantee by themselves.
+_RANDOM_STARTS = 16  # forward solves only: the backward's warm start already sits in the right basin
+# Above this many rows fewer random starts (8·64/n, at least 2) and kicks (12): each costs a local search of
+# about n/2 iterations over n² terms (there by the torch search: no dense table), and at these sizes the
+# target is "never worse than the plain search", which the greedy starts guarantee by themselves.
 _FULL_STARTS_UP_TO = 64
+_LARGE_STARTS_PER_64_ROWS = 8
+_LARGE_KICKS_PER_ROUND = 12
 _KICK_ROUNDS = 2
 _KICK_AGREEMENT = 0.5  # kick the problems whose best matching fewer than this share of the starts reached
-_KICKS_PER_ROUND = 12
+_KICKS_PER_ROUND = 48
 _START_SEED = 20240601
 _KICK_SEED_STEP = 100_003  # kick rounds draw other noise than the random starts and each other
 _START_NOISE_LOW, _START_NOISE_HIGH = 0.5, 1.5  # noise of random starts and kicks (units: the costs' spread)
@@ -916,7 +923,8 @@ def _kicks(problem: _Problem, incumbent_linear: Tensor, round_index: int) -> Ten
     """
     n1, n2 = problem.n1, problem.n2
     seed = _START_SEED + 1000 * n1 + n2 + _KICK_SEED_STEP * (round_index + 1)
-    return _greedy_rounding(_noisy_scores(incumbent_linear[..., :n2], _KICKS_PER_ROUND, seed), n2)
+    count = _KICKS_PER_ROUND if n1 <= _FULL_STARTS_UP_TO else _LARGE_KICKS_PER_ROUND
+    return _greedy_rounding(_noisy_scores(incumbent_linear[..., :n2], count, seed), n2)
 
 
 def _solve(
@@ -943,8 +951,9 @@ def _solve(
     random_starts = 0
     if iterated and _RANDOM_STARTS and warm_start is None:
         random_starts = _RANDOM_STARTS
+        random_starts = _RANDOM_STARTS
         if n1 > _FULL_STARTS_UP_TO:
-            random_starts = max(2, _RANDOM_STARTS * _FULL_STARTS_UP_TO // n1)
+            random_starts = max(2, _LARGE_STARTS_PER_64_ROWS * _FULL_STARTS_UP_TO // n1)
         seed = _START_SEED + 1000 * n1 + n2
         scores.append(_noisy_scores(problem.uniform_linearisation(), random_starts, seed))
     starts = [_greedy_rounding(torch.cat(scores, 1), n2)] if scores else []
