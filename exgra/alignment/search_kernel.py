@@ -275,6 +275,14 @@ def _greedy_kernel(scores: np.ndarray, sigma: np.ndarray) -> None:
                     column_open[sigma[start, i]] = False
 
 
-_compile = numba.njit(cache=True, nogil=True) if numba is not None else None
-local_search = _compile(_kernel) if _compile else None
-greedy_rounding = _compile(_greedy_kernel) if _compile else None
+def _compiled(function):  # noqa: ANN001, ANN202
+    """``function`` compiled on first use, cached beside this module or in numba's user cache; without any
+    writable cache location (read-only install and home), compiled in every process instead."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
+local_search = _compiled(_kernel) if numba is not None else None
+greedy_rounding = _compiled(_greedy_kernel) if numba is not None else None

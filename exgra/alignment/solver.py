@@ -1,4 +1,5 @@
-"""Partial graph matching (the problem LPMP solves in the reference), in plain batched torch.
+"""Partial graph matching (the problem LPMP solves in the reference), in batched torch; on the CPU the local
+search and the greedy rounding run compiled (:mod:`exgra.alignment.search_kernel`, same results).
 
 Problem (REFERENCE §2.7): given unary costs ``C [n1, n2]``, quadratic costs ``Q [E1, E2]`` and the two
 edge lists, find a partial injective matching ``x`` (every row and every column matched at most once;
@@ -20,9 +21,9 @@ up exactly. All starts of all problems are searched as one batch of "chains"; a 
 move is final and leaves the batch.
 
 Starts: greedy on the unary costs, greedy on a linearisation at the uniform matching, the warm start
-(backward solves) and, in a forward ``iterated`` solve, 8 greedy roundings of that linearisation with fixed
+(backward solves) and, in a forward ``iterated`` solve, 16 greedy roundings of that linearisation with fixed
 pseudo-random noise (seeded by the sizes; fewer above n = 64). Then, for the problems whose best matching
-fewer than half of the starts reached, kicks: 12 noisy greedy roundings of the incumbent's own
+fewer than half of the starts reached, kicks: 48 noisy greedy roundings (12 above n = 64) of the incumbent's
 linearisation, searched again as one batch, repeated while they improve. A Gilmore–Lawler-style lower
 bound certifies a problem optimal and skips its kicks (``_solve_and_keep`` reports the certificate per
 problem). The result is a deterministic function of the input, and never worse than the plain local search
