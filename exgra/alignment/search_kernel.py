@@ -125,13 +125,11 @@ def _kernel(
             any_candidate = False
             for i in range(n1):
                 # Moves in the torch search's buffer order (single, swap, steal, ejection); the first
-                # minimum wins.
-                best, best_choice = INF, 0
-                for c in range(width):
-                    if free[c]:
-                        value = h[i, c] - current[i]
-                        if value < best:
-                            best, best_choice = value, c
+                # minimum wins. Single moves: the best free column, then the dummy (always free).
+                best, best_choice = free_value[i], free_column[i]
+                value = h[i, n2] - current[i]
+                if value < best:
+                    best, best_choice = value, n2
                 for j in range(n1):
                     base = h[i, sig[j]] - current[i] - current[j]
                     stolen = base + (images[0, i, j] + images[0, j, i])
