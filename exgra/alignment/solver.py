@@ -1,4 +1,5 @@
-"""Partial graph matching (the problem LPMP solves in the reference), in plain batched torch.
+"""Partial graph matching (the problem LPMP solves in the reference), in batched torch; on the CPU the local
+search and the greedy rounding run compiled (:mod:`exgra.alignment.search_kernel`, same results).
 
 Problem (REFERENCE §2.7): given unary costs ``C [n1, n2]``, quadratic costs ``Q [E1, E2]`` and the two
 edge lists, find a partial injective matching ``x`` (every row and every column matched at most once;
@@ -20,9 +21,9 @@ up exactly. All starts of all problems are searched as one batch of "chains"; a 
 move is final and leaves the batch.
 
 Starts: greedy on the unary costs, greedy on a linearisation at the uniform matching, the warm start
-(backward solves) and, in a forward ``iterated`` solve, 8 greedy roundings of that linearisation with fixed
+(backward solves) and, in a forward ``iterated`` solve, 16 greedy roundings of that linearisation with fixed
 pseudo-random noise (seeded by the sizes; fewer above n = 64). Then, for the problems whose best matching
-fewer than half of the starts reached, kicks: 12 noisy greedy roundings of the incumbent's own
+fewer than half of the starts reached, kicks: 48 noisy greedy roundings (12 above n = 64) of the incumbent's
 linearisation, searched again as one batch, repeated while they improve. A Gilmore–Lawler-style lower
 bound certifies a problem optimal and skips its kicks (``_solve_and_keep`` reports the certificate per
 problem). The result is a deterministic function of the input, and never worse than the plain local search
@@ -32,10 +33,14 @@ from the same greedy starts (whose chains keep the plain moves).
 from __future__ import annotations
 
 import copy
+import os
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from exgra.alignment import search_kernel
 
 __all__ = ["Search", "edge_pair_indicator", "matching_objective", "solve_matching"]
 
@@ -47,6 +52,10 @@ _NO_RANK = 1 << 62  # the rank of a row without an improving move (any candidate
 # six problems of n = 64 (k = 5); larger problems use the incidence lists.
 _DENSE_TABLE_LIMIT = 1 << 24
 _SMALL_TABLE_WIDTH = 33  # up to n2 = 32 the table pays off even for the plain search's few starts
+# The compiled CPU search and greedy rounding (exgra.alignment.search_kernel: same rounds, same results);
+# EXGRA_SOLVER_KERNEL=torch runs the batched torch code on the CPU as well (it always runs on other devices,
+# and for problems without the dense table).
+USE_KERNEL = search_kernel.local_search is not None and os.environ.get("EXGRA_SOLVER_KERNEL") != "torch"
 
 
 def _as_batch(
@@ -354,6 +363,22 @@ class _Problem:
             }
         return self._ejection_slots
 
+    def kernel_arrays(self) -> tuple[np.ndarray, ...]:
+        """The problem's index arrays for :mod:`search_kernel`: src, dst, keep, half_partner, the half edges'
+        order by row and each row's start, and the adjacency (shared by re-solves)."""
+        if getattr(self, "_kernel_arrays", None) is None:
+            arrays = (
+                self.src,
+                self.dst,
+                self.keep,
+                self.half_partner,
+                self.half_row_order,
+                self.half_row_start,
+                self.adjacency(),
+            )
+            self._kernel_arrays = tuple(array.contiguous().numpy() for array in arrays)
+        return self._kernel_arrays
+
     def neighbour_pairs(self) -> tuple[Tensor, Tensor]:
         """Both directions of every kept E1 edge, invalid ones pointing at a spare slot ``n1``."""
         spare = self.n1
@@ -554,6 +579,10 @@ def _greedy_rounding(scores: Tensor, n2: int) -> Tensor:
     (row, column) pairs with negative cost. Returns ``sigma [P, S, n1]`` (``n2`` = unmatched)."""
     problems, starts, n1, _ = scores.shape
     sigma = torch.full((problems, starts, n1), n2, dtype=torch.long, device=scores.device)
+    if USE_KERNEL and scores.device.type == "cpu" and scores.dtype == torch.float32:
+        flat = scores.reshape(problems * starts, n1, n2).contiguous()
+        search_kernel.greedy_rounding(flat.numpy(), sigma.view(problems * starts, n1).numpy())
+        return sigma
     scores = scores.masked_fill(scores >= 0, float("inf"))
     row_ids = torch.arange(n1, device=scores.device)
     none_taken = torch.zeros(problems, starts, n2 + 1, dtype=torch.bool, device=scores.device)
@@ -592,6 +621,8 @@ def _local_search(
     """
     problems, starts, n1 = sigma.shape
     device = sigma.device
+    if USE_KERNEL and device.type == "cpu" and problem.image_table() is not None:
+        return _kernel_search(problem, sigma, tolerance, only, ejection, adjacent)
     result = sigma.reshape(problems * starts, n1).clone()
     owner = torch.arange(problems, device=device) if only is None else only
     owner = owner.repeat_interleave(starts)
@@ -615,6 +646,38 @@ def _local_search(
                 active, current_sigma = active[still], current_sigma[still]
                 chains = chains.subset(still)
     result.index_copy_(0, active, current_sigma)
+    return result.view(problems, starts, n1)
+
+
+def _kernel_search(
+    problem: _Problem,
+    sigma: Tensor,
+    tolerance: float,
+    only: Tensor | None,
+    ejection: Tensor | None,
+    adjacent: bool,
+) -> Tensor:
+    """:func:`_local_search` by the compiled kernel, one chain after another (CPU, dense table)."""
+    problems, starts, n1 = sigma.shape
+    result = sigma.reshape(problems * starts, n1).contiguous().clone()
+    owner = torch.arange(problems) if only is None else only
+    owner = owner.repeat_interleave(starts)
+    if ejection is None:
+        flags = torch.zeros(owner.shape[0], dtype=torch.bool)
+    else:
+        flags = ejection.repeat(problems).contiguous()
+    search_kernel.local_search(
+        result.numpy(),
+        owner.numpy(),
+        flags.numpy(),
+        adjacent,
+        problem.image_table().numpy(),
+        problem.unary.numpy(),
+        *problem.kernel_arrays(),
+        problem.n2,
+        np.float32(-tolerance),
+        _MAX_ITERATIONS_FACTOR * (n1 + 4),
+    )
     return result.view(problems, starts, n1)
 
 
@@ -820,14 +883,16 @@ def _resolve(
 # Search effort (deterministic; quality and time in bench/alignment.py): pseudo-random extra starts of the
 # first pass, then rounds of kicks (noisy greedy restarts around the incumbent) for the problems the starts
 # disagree on, while a round improves them.
-_RANDOM_STARTS = 8  # forward solves only: the backward's warm start already sits in the right basin
-# Above this many rows the random starts thin out (8·64/n, at least 2): each costs a local search of about
-# n/2 iterations over n² terms, and at these sizes the target is "never worse than the plain search", which
-# the greedy starts guarantee by themselves.
+_RANDOM_STARTS = 16  # forward solves only: the backward's warm start already sits in the right basin
+# Above this many rows fewer random starts (8·64/n, at least 2) and kicks (12): each costs a local search of
+# about n/2 iterations over n² terms (there by the torch search: no dense table), and at these sizes the
+# target is "never worse than the plain search", which the greedy starts guarantee by themselves.
 _FULL_STARTS_UP_TO = 64
+_LARGE_STARTS_PER_64_ROWS = 8
+_LARGE_KICKS_PER_ROUND = 12
 _KICK_ROUNDS = 2
 _KICK_AGREEMENT = 0.5  # kick the problems whose best matching fewer than this share of the starts reached
-_KICKS_PER_ROUND = 12
+_KICKS_PER_ROUND = 48
 _START_SEED = 20240601
 _KICK_SEED_STEP = 100_003  # kick rounds draw other noise than the random starts and each other
 _START_NOISE_LOW, _START_NOISE_HIGH = 0.5, 1.5  # noise of random starts and kicks (units: the costs' spread)
@@ -859,7 +924,8 @@ def _kicks(problem: _Problem, incumbent_linear: Tensor, round_index: int) -> Ten
     """
     n1, n2 = problem.n1, problem.n2
     seed = _START_SEED + 1000 * n1 + n2 + _KICK_SEED_STEP * (round_index + 1)
-    return _greedy_rounding(_noisy_scores(incumbent_linear[..., :n2], _KICKS_PER_ROUND, seed), n2)
+    count = _KICKS_PER_ROUND if n1 <= _FULL_STARTS_UP_TO else _LARGE_KICKS_PER_ROUND
+    return _greedy_rounding(_noisy_scores(incumbent_linear[..., :n2], count, seed), n2)
 
 
 def _solve(
@@ -886,8 +952,9 @@ def _solve(
     random_starts = 0
     if iterated and _RANDOM_STARTS and warm_start is None:
         random_starts = _RANDOM_STARTS
+        random_starts = _RANDOM_STARTS
         if n1 > _FULL_STARTS_UP_TO:
-            random_starts = max(2, _RANDOM_STARTS * _FULL_STARTS_UP_TO // n1)
+            random_starts = max(2, _LARGE_STARTS_PER_64_ROWS * _FULL_STARTS_UP_TO // n1)
         seed = _START_SEED + 1000 * n1 + n2
         scores.append(_noisy_scores(problem.uniform_linearisation(), random_starts, seed))
     starts = [_greedy_rounding(torch.cat(scores, 1), n2)] if scores else []

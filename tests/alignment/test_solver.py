@@ -15,11 +15,14 @@ from tests.alignment import baseline_solver
 from tests.alignment.instances import _objective_numpy, brute_force, reference_like_problem
 
 
-@pytest.fixture(params=["dense table", "incidence lists"])
+@pytest.fixture(params=["dense table", "dense table, torch search", "incidence lists"])
 def image_terms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with both ways the local search reads the edge costs (large problems use the lists)."""
+    """Run a test with both ways the local search reads the edge costs (large problems use the lists) and,
+    on the dense table, with the compiled CPU search (the default) and the batched torch search (GPUs)."""
     if request.param == "incidence lists":
         monkeypatch.setattr(solver, "_DENSE_TABLE_LIMIT", 0)
+    if request.param == "dense table, torch search":
+        monkeypatch.setattr(solver, "USE_KERNEL", False)
     return request.param
 
 
