@@ -11,7 +11,8 @@ Two in-process references on the same inputs, measured in the same rounds betwee
 generation alone (one ``generate_prompts`` call of the largest concurrency vs that many calls of one),
 the ceiling of what batching can give whatever the server does; and a bare generate call per request,
 for the latency at concurrency 1. At concurrency 1 every request goes to both servers and to the bare
-call in turn (the order rotating), so a burst of other processes' load hits all three alike.
+call in turn (each of the three following each other one equally often), so a burst of other
+processes' load hits all three alike.
 
     python bench/serve.py [--requests 64] [--max-tokens 32] [--threads 1] [--rounds 3]
 """
@@ -127,13 +128,16 @@ def main() -> None:
                 # All requests at concurrency 1 too: a p95 of a few dozen latencies is their second largest.
                 count = max(concurrency, args.requests)
                 for round_index in range(args.rounds):
+                    order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
                     if concurrency == 1:
-                        served, round_bare = _interleaved_singles(urls, generator, bodies[:count])
+                        # Which server goes first swaps every round too: the first-started or first-turn
+                        # one measured ~0.4 ms slower, whether batching or not.
+                        ordered = {mode: urls[mode] for mode in order}
+                        served, round_bare = _interleaved_singles(ordered, generator, bodies[:count])
                         for mode, run in served.items():
                             runs.setdefault((mode, 1), []).append(run)
                         bare.append(round_bare)
                     else:
-                        order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
                         for mode in order:
                             url = f"{urls[mode]}/v1/chat/completions"
                             runs.setdefault((mode, concurrency), []).append(
@@ -232,18 +236,19 @@ def _generation_ceiling(generator: object, bodies: list[dict]) -> tuple[float, f
 def _interleaved_singles(
     urls: dict[str, str], generator: object, bodies: list[dict]
 ) -> tuple[dict[str, tuple[float, list[float], list[str]]], list[float]]:
-    """Concurrency 1: each request sent to every server and answered by a bare generate call in turn
-    (their order rotating), so a burst of load from other processes hits all three alike.
+    """Concurrency 1: each request sent to every server and answered by a bare generate call in turn, so
+    a burst of load from other processes hits all three alike. The two orders alternate so that each
+    of the three follows each of the other two equally often (what ran just before changes a latency
+    by up to ~1 %: which CPU is awake, what is in its caches).
 
     Returns each server's (seconds, latencies, answers) and the bare calls' latencies."""
     latencies: dict[str, list[float]] = {mode: [] for mode in urls}
     answers: dict[str, list[str]] = {mode: [] for mode in urls}
     bare: list[float] = []
     _bare_latencies(generator, bodies[:1])  # warm after the previous level
-    turns = [*urls, "bare"]
+    first, second, third = [*urls, "bare"]
     for index, body in enumerate(bodies):
-        shift = index % len(turns)
-        for turn in turns[shift:] + turns[:shift]:
+        for turn in (first, second, third) if index % 2 == 0 else (first, third, second):
             if turn == "bare":
                 bare += _bare_latencies(generator, [body], warm_up=False)
                 continue
