@@ -197,7 +197,7 @@ def test_download_ctrl_c_does_not_wait_for_the_file_in_flight(tmp_path: Path) ->
             _, stderr = process.communicate(timeout=120)
         finally:
             process.kill()
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr  # the reason, if it ended otherwise
     assert "error: interrupted" in stderr and "resume" in stderr and "Traceback" not in stderr
 
 
