@@ -10,7 +10,9 @@ answers/s of each mode, their ratio, the spread of the per-round ratios and how 
 Two in-process references on the same inputs, measured in the same rounds between the servers' runs:
 generation alone (one ``generate_prompts`` call of the largest concurrency vs that many calls of one),
 the ceiling of what batching can give whatever the server does; and a bare generate call per request,
-for the latency at concurrency 1.
+for the latency at concurrency 1. At concurrency 1 every request goes to both servers and to the bare
+call in turn (each of the three following each other one equally often), so a burst of other
+processes' load hits all three alike.
 
     python bench/serve.py [--requests 64] [--max-tokens 32] [--threads 1] [--rounds 3]
 """
@@ -120,20 +122,27 @@ def main() -> None:
             # The in-process references run in the same rounds, between the servers' runs.
             generator = _generator(model_dir, args.max_tokens)
             largest = max(args.concurrency)
-            bare: list[float] = []
+            bare: list[list[float]] = []  # per round
             ceiling: list[tuple[float, float]] = []
             for concurrency in args.concurrency:
                 # All requests at concurrency 1 too: a p95 of a few dozen latencies is their second largest.
                 count = max(concurrency, args.requests)
                 for round_index in range(args.rounds):
                     order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
-                    for mode in order:
-                        url = f"{urls[mode]}/v1/chat/completions"
-                        runs.setdefault((mode, concurrency), []).append(
-                            _load(url, bodies[:count], concurrency)
-                        )
                     if concurrency == 1:
-                        bare += _bare_latencies(generator, bodies[:count])
+                        # Which server goes first swaps every round too: the first-started or first-turn
+                        # one measured ~0.4 ms slower, whether batching or not.
+                        ordered = {mode: urls[mode] for mode in order}
+                        served, round_bare = _interleaved_singles(ordered, generator, bodies[:count])
+                        for mode, run in served.items():
+                            runs.setdefault((mode, 1), []).append(run)
+                        bare.append(round_bare)
+                    else:
+                        for mode in order:
+                            url = f"{urls[mode]}/v1/chat/completions"
+                            runs.setdefault((mode, concurrency), []).append(
+                                _load(url, bodies[:count], concurrency)
+                            )
                     if concurrency == largest:
                         ceiling.append(_generation_ceiling(generator, bodies[:largest]))
                 health = json.loads(urllib.request.urlopen(f"{urls['on']}/health").read())
@@ -174,11 +183,22 @@ def main() -> None:
         f"{largest} batches of 1 {single:.3f} s: {single / batched:.2f}x, the ceiling of the on/off ratio "
         f"at concurrency {largest}"
     )
-    on_p95 = _percentile([latency for run in runs["on", 1] for latency in run[1]], 0.95)
+    if 1 not in args.concurrency:
+        return
+    p95 = {mode: _percentile([x for run in runs[mode, 1] for x in run[1]], 0.95) for mode in modes}
+    p50 = {mode: statistics.median([x for run in runs[mode, 1] for x in run[1]]) for mode in modes}
+    round_ratios = [
+        _percentile(run[1], 0.95) / _percentile(round_bare, 0.95)
+        for run, round_bare in zip(runs["on", 1], bare, strict=True)
+    ]
+    bare = [latency for round_bare in bare for latency in round_bare]
+    bare_p95, bare_p50 = _percentile(bare, 0.95), statistics.median(bare)
     print(
-        f"bare generate (in process, same inputs, same rounds): p50 {1000 * statistics.median(bare):.1f} ms, "
-        f"p95 {1000 * _percentile(bare, 0.95):.1f} ms; served p95 at concurrency 1 / bare p95 = "
-        f"{on_p95 / _percentile(bare, 0.95):.3f}"
+        f"bare generate (in process, same inputs, interleaved with the served requests): p50 "
+        f"{1000 * bare_p50:.1f} ms, p95 {1000 * bare_p95:.1f} ms; served p95 at concurrency 1 / bare p95 = "
+        f"{p95['on'] / bare_p95:.3f} (batching off: {p95['off'] / bare_p95:.3f}); p50: "
+        f"{p50['on'] / bare_p50:.3f} ({p50['off'] / bare_p50:.3f}); p95 ratio per round "
+        f"{min(round_ratios):.3f}-{max(round_ratios):.3f}"
     )
 
 
@@ -213,15 +233,40 @@ def _generation_ceiling(generator: object, bodies: list[dict]) -> tuple[float, f
     return batched, time.perf_counter() - started
 
 
-def _bare_latencies(generator: object, bodies: list[dict]) -> list[float]:
+def _interleaved_singles(
+    urls: dict[str, str], generator: object, bodies: list[dict]
+) -> tuple[dict[str, tuple[float, list[float], list[str]]], list[float]]:
+    """Concurrency 1: each request sent to every server and answered by a bare generate call in turn, so
+    a burst of load from other processes hits all three alike. The two orders alternate so that each
+    of the three follows each of the other two equally often (what ran just before changes a latency
+    by up to ~1 %: which CPU is awake, what is in its caches).
+
+    Returns each server's (seconds, latencies, answers) and the bare calls' latencies."""
+    latencies: dict[str, list[float]] = {mode: [] for mode in urls}
+    answers: dict[str, list[str]] = {mode: [] for mode in urls}
+    bare: list[float] = []
+    _bare_latencies(generator, bodies[:1])  # warm after the previous level
+    first, second, third = [*urls, "bare"]
+    for index, body in enumerate(bodies):
+        for turn in (first, second, third) if index % 2 == 0 else (first, third, second):
+            if turn == "bare":
+                bare += _bare_latencies(generator, [body], warm_up=False)
+                continue
+            latency, answer = _post(f"{urls[turn]}/v1/chat/completions", body)
+            latencies[turn].append(latency)
+            answers[turn].append(answer)
+    return {mode: (sum(latencies[mode]), latencies[mode], answers[mode]) for mode in urls}, bare
+
+
+def _bare_latencies(generator: object, bodies: list[dict], warm_up: bool = True) -> list[float]:
     """One generate call per request through the generation path, no HTTP, no queue."""
     latencies = []
-    for body in [bodies[0], *bodies]:  # the first is a warm-up
+    for body in [bodies[0], *bodies] if warm_up else bodies:  # the first is a warm-up
         started = time.perf_counter()
         prompt, pixel_values = _inputs(generator, body)
         generator.generate_prompts([prompt], pixel_values)
         latencies.append(time.perf_counter() - started)
-    return latencies[1:]
+    return latencies[1:] if warm_up else latencies
 
 
 if __name__ == "__main__":

@@ -303,14 +303,18 @@ class AnswerGenerator:
         """Tokenise prompts padded on the left: ``input_ids`` and ``attention_mask`` ``[B, L]``."""
         return self._pad(self.token_rows(prompts), shared=0)
 
-    def token_rows(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Each prompt's token ids, unpadded (``settings.prompt_tokenization`` decides the rule)."""
+    def token_rows(self, prompts: Sequence[str], tokenizer: Any = None) -> list[list[int]]:
+        """Each prompt's token ids, unpadded (``settings.prompt_tokenization`` decides the rule).
+
+        ``tokenizer``: a copy of the generator's own, for a caller on another thread (a Rust tokenizer
+        used from two threads at once raises "Already borrowed")."""
+        tokenizer = tokenizer or self.tokenizer
         if self.settings.prompt_tokenization == "slow":
             from exgra.models.tokenizer import reference_token_spans
 
-            bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
-            return [bos + [token for token, _ in reference_token_spans(self.tokenizer, p)] for p in prompts]
-        return self.tokenizer(list(prompts))["input_ids"]
+            bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+            return [bos + [token for token, _ in reference_token_spans(tokenizer, p)] for p in prompts]
+        return tokenizer(list(prompts))["input_ids"]
 
     def _pad(self, rows: Sequence[Sequence[int]], shared: int) -> dict[str, torch.Tensor]:
         """Rows padded to one length: the first ``shared`` tokens (the same in every row) stay in front,
@@ -403,6 +407,7 @@ class AnswerGenerator:
         row_max_new_tokens: Sequence[int] | None = None,
         row_stop_strings: Sequence[Sequence[str]] | None = None,
         streamer: Any = None,
+        rows: Sequence[Sequence[int]] | None = None,
     ) -> list[GeneratedAnswer]:
         """Continue full ``prompts`` (already rendered, image tokens in place) in one batched call.
 
@@ -411,6 +416,8 @@ class AnswerGenerator:
         most ``settings.max_new_tokens``) and extra ``row_stop_strings`` cut the answer afterwards;
         under greedy decoding a row's first tokens do not depend on how long the batch runs, so this
         equals generating the row alone with its own limits. ``streamer`` is passed to ``generate``.
+        ``rows``: the prompts' :meth:`token_rows`, when the caller has them already (``exgra serve``
+        tokenises each request once, to count its tokens); ignored for chat-template families.
         """
         if not prompts:
             return []
@@ -423,7 +430,10 @@ class AnswerGenerator:
                 vision = {"pixel_values": vision}
             model_inputs = self.family.generation_inputs(self.bundle, prompts, vision)
         else:
-            rows = self.token_rows(prompts)
+            if rows is None:
+                rows = self.token_rows(prompts)
+            elif len(rows) != len(prompts):
+                raise ValueError(f"{len(rows)} token rows for {len(prompts)} prompts")
             shared = self.shared_prefix(rows)
             prefix = self.prefix_store.states(self.model, rows[0][:shared]) if shared else None
             encoded = self._pad(rows, shared if prefix is not None else 0)

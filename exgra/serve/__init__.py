@@ -52,7 +52,11 @@ def run_server(config: ServeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _set_torch_threads(config)
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=config.host, port=config.port, log_level="info", access_log=config.access_log
+        )
+    )
     engine = app.state.engine
 
     def watch_loading() -> None:

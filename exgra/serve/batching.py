@@ -51,6 +51,8 @@ class PendingRequest:
     # The caller reports (BatchQueue.replied) when this request's answer has reached its client.
     reports_reply: bool = False
     batch_serial: int = -1
+    # The prompt's token ids when the caller made them already (AnswerGenerator.token_rows of ``prompt``).
+    token_ids: list[int] | None = None
 
 
 class StreamSink:
@@ -276,6 +278,7 @@ class BatchQueue:
         images = [request.pixel_values for request in batch if request.pixel_values is not None]
         pixel_values = self.generator.join_vision(images) if images else None
         streamer = _BatchStreamer(self.generator, batch) if any(r.stream for r in batch) else None
+        rows = [request.token_ids for request in batch]
         return self.generator.generate_prompts(
             [request.prompt for request in batch],
             pixel_values,
@@ -283,4 +286,5 @@ class BatchQueue:
             row_max_new_tokens=[request.settings.max_new_tokens for request in batch],
             row_stop_strings=[request.stop_strings for request in batch],
             streamer=streamer,
+            rows=None if None in rows else rows,
         )

@@ -198,7 +198,9 @@ class ServeEngine:
         )
         return settings, key
 
-    def _prepare(self, request: ChatCompletionRequest) -> tuple[str, Any, GenerationSettings, tuple, int]:
+    def _prepare(
+        self, request: ChatCompletionRequest
+    ) -> tuple[str, Any, GenerationSettings, tuple, list[int] | None, int]:
         generator = self.require_ready()
         if request.model != self.model_name:
             raise APIError(
@@ -221,19 +223,8 @@ class ServeEngine:
         prompt = generator.build_conversation_prompt(
             conversation.turns, conversation.system, conversation.images_per_turn
         )
-        # The tokens the model reads: a chat-template family's image placeholders expanded (one per image
-        # feature), its prompt already holding its special tokens.
-        vision = (
-            pixel_values
-            if isinstance(pixel_values, dict) or pixel_values is None
-            else {"pixel_values": pixel_values}
-        )
-        text = generator.family.prompt_text(generator.bundle, prompt, vision)
-        with self._counting_lock:
-            ids = self._counting_tokenizer(text, add_special_tokens=generator.template is not None)[
-                "input_ids"
-            ]
-        prompt_tokens = len(ids)
+        token_ids = self._prompt_token_ids(generator, prompt, pixel_values)
+        prompt_tokens = len(token_ids)
         context = generator.tokenizer.model_max_length
         limit = getattr(getattr(generator.model.config, "text_config", None), "max_position_embeddings", None)
         context = min(context, limit) if limit else context
@@ -245,7 +236,24 @@ class ServeEngine:
                 "messages",
                 "context_length_exceeded",
             )
-        return prompt, pixel_values, settings, key, prompt_tokens
+        # A LLaVA-template prompt's ids are exactly what the batch tokenises: handed on, not made twice.
+        rows = token_ids if generator.template is not None else None
+        return prompt, pixel_values, settings, key, rows, prompt_tokens
+
+    def _prompt_token_ids(self, generator: AnswerGenerator, prompt: str, pixel_values: Any) -> list[int]:
+        """The tokens the model reads for ``prompt`` (counted for ``usage`` and the context check)."""
+        with self._counting_lock:
+            if generator.template is not None:
+                return generator.token_rows([prompt], tokenizer=self._counting_tokenizer)[0]
+            # A chat-template family: its image placeholders expanded (one per image feature), its
+            # prompt already holding its special tokens.
+            vision = (
+                pixel_values
+                if isinstance(pixel_values, dict) or pixel_values is None
+                else {"pixel_values": pixel_values}
+            )
+            text = generator.family.prompt_text(generator.bundle, prompt, vision)
+            return self._counting_tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def announce(self) -> bool:
         """A completion request has started arriving (its body is still being read): batches that are
@@ -288,7 +296,7 @@ class ServeEngine:
         except BaseException:
             self.queue.withdraw()
             raise
-        prompt, pixel_values, settings, key, prompt_tokens = prepared
+        prompt, pixel_values, settings, key, token_ids, prompt_tokens = prepared
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -307,7 +315,15 @@ class ServeEngine:
         if on_text is not None:
             stream = StreamSink(lambda text: loop.call_soon_threadsafe(on_text, text))
         pending = PendingRequest(
-            prompt, pixel_values, settings, key, request.stop_strings(), deliver, stream, reports_reply=True
+            prompt,
+            pixel_values,
+            settings,
+            key,
+            request.stop_strings(),
+            deliver,
+            stream,
+            reports_reply=True,
+            token_ids=token_ids,
         )
         if not self.queue.submit(pending, announced=True):
             raise APIError(503, "the server is busy (request queue full); retry later", code="overloaded")

@@ -127,3 +127,23 @@ def test_prefix_states_are_recomputed_after_the_weights_change(model_dir: Path, 
     assert after == _stock_answer(generator, prompt, pixel_values)
     assert after != before  # the change matters, so stale states would have shown
     assert len(generator.prefix_store._entries) == 2
+
+
+def test_token_rows_given_by_the_caller_are_what_is_generated_from(model_dir: Path, inputs) -> None:
+    import copy
+
+    questions, images = inputs
+    generator = AnswerGenerator(load_inference_model(model_dir), settings=GenerationSettings(MAX_NEW))
+    generator.model.generation_config.eos_token_id = None
+    prompts = [generator.build_prompt(q) for q in (questions[0], questions[4])]
+    pixel_values = generator.preprocess(images[:1])
+    # Another thread's copy of the tokenizer makes the same rows as the generator's own.
+    rows = generator.token_rows(prompts[1:], tokenizer=copy.deepcopy(generator.tokenizer))
+    assert rows == [generator.tokenizer(prompts[1])["input_ids"]]
+    stock = [_stock_answer(generator, p, pixel_values) for p in prompts]
+    assert stock[0] != stock[1]  # the two prompts answer differently, so the test can tell which was read
+    # The rows win over the prompt text: they are what the model reads.
+    given = generator.generate_prompts(prompts[:1], pixel_values, rows=rows)
+    assert given[0].raw_text == stock[1]
+    with pytest.raises(ValueError, match="token rows"):
+        generator.generate_prompts(prompts[:1], pixel_values, rows=rows * 2)

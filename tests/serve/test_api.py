@@ -50,8 +50,13 @@ def test_plain_and_streamed_answers_agree(serve_setup, client, model_name) -> No
     text = plain.choices[0].message.content
     assert text and plain.choices[0].message.role == "assistant"
     assert 0 < plain.usage.completion_tokens <= 12
-    # The prompt holds the template, the question and the tiny model's 16 image tokens.
-    assert plain.usage.prompt_tokens > 16
+    # The prompt holds the template, the question and the tiny model's 16 image tokens: exactly the ids
+    # `exgra ask` feeds the model for this question.
+    from exgra.eval.generate import AnswerGenerator, load_inference_model
+
+    generator = AnswerGenerator(load_inference_model(serve_setup["model_dir"]))
+    expected = generator.tokenizer(generator.build_prompt(question))["input_ids"]
+    assert plain.usage.prompt_tokens == len(expected) > 16
     assert plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens
     stream = client.chat.completions.create(
         model=model_name, messages=messages, temperature=0, max_tokens=12, stream=True,
@@ -63,6 +68,13 @@ def test_plain_and_streamed_answers_agree(serve_setup, client, model_name) -> No
     assert "".join(deltas) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_no_access_log_line_per_request_by_default(server, client, model_name) -> None:
+    _answer(client, model_name, [{"role": "user", "content": "Hello?"}], max_tokens=2)
+    assert http(f"{server.url}/health").status == 200
+    assert "POST /v1/chat/completions" not in server.log()
+    assert "GET /health" not in server.log()
 
 
 def test_stream_is_server_sent_events_ending_with_done(server, serve_setup, model_name) -> None:
@@ -286,7 +298,7 @@ def test_local_paths_need_an_image_root_and_remote_images_need_the_flag(tmp_path
     host = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=host.serve_forever, daemon=True).start()
     remote = f"http://127.0.0.1:{host.server_address[1]}/{image.name}"
-    args = ["--model", str(serve_setup["model_dir"]), "--allow-remote-images"]
+    args = ["--model", str(serve_setup["model_dir"]), "--allow-remote-images", "--access-log"]
     try:
         with running_server(args, tmp_path / "log.txt") as server:
             client = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0)
@@ -301,5 +313,8 @@ def test_local_paths_need_an_image_root_and_remote_images_need_the_flag(tmp_path
             with pytest.raises(openai.BadRequestError):
                 _answer(client, name, _image_message("What?", missing), max_tokens=2)
             assert http(f"{server.url}/ui").status == 404  # the web chat only with --ui
+            # --access-log: uvicorn's line per request, with its status.
+            assert '"POST /v1/chat/completions HTTP/1.1" 200' in server.log()
+            assert '"GET /ui HTTP/1.1" 404' in server.log()
     finally:
         host.shutdown()

@@ -15,12 +15,14 @@ class RecordingGenerator:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.rows: list = []  # the token rows each batch was given
         self.release = threading.Event()
 
     def generate_prompts(self, prompts, pixel_values, **kwargs):
         if not self.batches:
             self.release.wait(10)
         self.batches.append(list(prompts))
+        self.rows.append(kwargs.get("rows"))
         return [GeneratedAnswer(prompt, prompt, 1) for prompt in prompts]
 
 
@@ -190,5 +192,36 @@ def test_after_a_large_batch_the_first_client_back_waits_for_more() -> None:
         queue.submit(_request("c", answers, done, 3))
         assert done.wait(10)
         assert generator.batches == [["a", "b"], ["c"]]
+    finally:
+        queue.close()
+
+
+def test_token_ids_made_by_the_caller_reach_the_batch() -> None:
+    generator = RecordingGenerator()  # its first batch blocks until released
+    queue = BatchQueue(generator, max_batch_size=32, window_s=0.05)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        done = threading.Event()
+        first = _request("a", answers, done, 5)
+        first.token_ids = [1, 2]
+        queue.submit(first)
+        while not generator.batches and not queue._generating:
+            time.sleep(0.01)
+        # Two batches wait behind it: one whose requests all carry their ids, one with a request without.
+        with_ids = [_request(p, answers, done, 5) for p in ("b", "c")]
+        with_ids[0].token_ids, with_ids[1].token_ids = [3], [4, 5, 6]
+        for request in with_ids:
+            queue.submit(request)
+        generator.release.set()
+        while len(generator.batches) < 2:
+            time.sleep(0.01)
+        mixed = [_request(p, answers, done, 5) for p in ("d", "e")]
+        mixed[0].token_ids = [7]
+        for request in mixed:
+            queue.submit(request)
+        assert done.wait(10)
+        assert generator.batches == [["a"], ["b", "c"], ["d", "e"]]
+        # A batch with a request that brought no ids leaves the tokenising to the generator.
+        assert generator.rows == [[[1, 2]], [[3], [4, 5, 6]], None]
     finally:
         queue.close()
