@@ -169,6 +169,10 @@ def test_ctrl_c_exits_130_with_the_interrupted_line(ws, run_exgra, monkeypatch, 
     assert "error: interrupted" in line and hint in line
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_download_ctrl_c_does_not_wait_for_the_file_in_flight(tmp_path: Path) -> None:
     """Issue #12.12: Ctrl-C while a (here: never-ending) file downloads ends the command at once."""
     with StandInHub() as hub:
@@ -189,6 +193,9 @@ def test_download_ctrl_c_does_not_wait_for_the_file_in_flight(tmp_path: Path) ->
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # Ctrl-C as a terminal delivers it: a suite started in the background of a shell runs with
+            # SIGINT ignored, which its children inherit (Python then installs no KeyboardInterrupt).
+            preexec_fn=_default_sigint,
         )
         try:
             assert hub.stalled.wait(120), "the download never started"
