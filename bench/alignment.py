@@ -317,7 +317,8 @@ def training_step(first_seed: int) -> list[torch.Tensor]:
 
 
 def speed_rows(today: types.SimpleNamespace) -> list[tuple[str, ...]]:
-    """Ours (defaults) vs today (exgra before #10: its solver, unary-only blackbox), and ours with plain."""
+    """Ours (defaults) vs today (exgra before #10: its solver, unary-only blackbox), ours with plain, and ours
+    with the batched torch search (what a GPU runs)."""
     rows = []
     step = training_step(0)
     cases = [("one step's alignment: 6 matchings n=16, fwd+bwd", step, 6, 15)]
@@ -345,7 +346,7 @@ def speed_rows(today: types.SimpleNamespace) -> list[tuple[str, ...]]:
         )
 
     # The fixed step above is one draw; training sees many: the mean over 12 steps of other seeds (the
-    # minimum over repeats of each step, then the mean), the three matchers interleaved step by step.
+    # minimum over repeats of each step, then the mean), the matchers interleaved step by step.
     steps = [training_step(6 * k) for k in range(1, 13)]
     means = {name: 0.0 for name in matchers}
     for problem in steps:

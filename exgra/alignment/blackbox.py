@@ -85,9 +85,9 @@ class BlackboxMatching(torch.autograd.Function):
             zero_quadratic = torch.zeros(shape, dtype=dtype, device=unary.device)
             return (torch.zeros_like(unary), zero_quadratic if ctx.edge_gradient else None) + (None,) * 6
         lambda_val = ctx.lambda_val + 1e-8
-        # The perturbed problem is re-solved from the forward's matching with the plain local search: from
-        # that warm start it reached the optimum on every one of 640 pipeline problems (n = 5–32, brute
-        # force / MILP; bench/alignment.py), and the kick rounds would cost a quarter of the step.
+        # The perturbed problem is re-solved by the local search from the forward's matching alone
+        # (BACKWARD_SEARCH): from that warm start it reached the optimum on every one of 640 pipeline
+        # problems (n = 5–32, brute force / MILP; bench/alignment.py), so no other starts or kicks.
         perturbed = _resolve(ctx.problem, unary.float() + lambda_val * grad, matching, BACKWARD_SEARCH)
         grad_unary = -(matching.float() - perturbed) / lambda_val * factor
         grad_quadratic = None

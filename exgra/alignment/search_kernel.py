@@ -76,7 +76,6 @@ def _kernel(
         sig = sigma[chain]
         with_ejection = eject[chain]
         first_round = True
-        changed[:] = True
         for _ in range(max_rounds):
             # h = C + (A + Aᵀ)x: per row, its half edges' table rows at the partner's column, summed in the
             # order of the torch search's embedding_bag, then added to the unary costs. A row none of whose
@@ -84,10 +83,11 @@ def _kernel(
             for i in range(n1):
                 stop = bag_start[p, i + 1] if i + 1 < n1 else halves
                 stale = first_round
-                for position in range(bag_start[p, i], stop):
-                    if changed[half_partner[p, bag_order[p, position]]]:
-                        stale = True
-                        break
+                if not stale:
+                    for position in range(bag_start[p, i], stop):
+                        if changed[half_partner[p, bag_order[p, position]]]:
+                            stale = True
+                            break
                 if stale:
                     acc[:] = ZERO
                     for position in range(bag_start[p, i], stop):

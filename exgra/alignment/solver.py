@@ -659,13 +659,13 @@ def _kernel_search(
 ) -> Tensor:
     """:func:`_local_search` by the compiled kernel, one chain after another (CPU, dense table)."""
     problems, starts, n1 = sigma.shape
-    result = sigma.reshape(problems * starts, n1).contiguous().clone()
+    result = sigma.reshape(problems * starts, n1).clone(memory_format=torch.contiguous_format)
     owner = torch.arange(problems) if only is None else only
     owner = owner.repeat_interleave(starts)
     if ejection is None:
         flags = torch.zeros(owner.shape[0], dtype=torch.bool)
     else:
-        flags = ejection.repeat(problems).contiguous()
+        flags = ejection.repeat(problems)
     search_kernel.local_search(
         result.numpy(),
         owner.numpy(),
@@ -951,7 +951,6 @@ def _solve(
         scores.append(torch.stack([problem.unary_matrix(), problem.uniform_linearisation()], 1))
     random_starts = 0
     if iterated and _RANDOM_STARTS and warm_start is None:
-        random_starts = _RANDOM_STARTS
         random_starts = _RANDOM_STARTS
         if n1 > _FULL_STARTS_UP_TO:
             random_starts = max(2, _LARGE_STARTS_PER_64_ROWS * _FULL_STARTS_UP_TO // n1)
