@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -55,7 +56,12 @@ _SMALL_TABLE_WIDTH = 33  # up to n2 = 32 the table pays off even for the plain s
 # The compiled CPU search and greedy rounding (exgra.alignment.search_kernel: same rounds, same results);
 # EXGRA_SOLVER_KERNEL=torch runs the batched torch code on the CPU as well (it always runs on other devices,
 # and for problems without the dense table).
-USE_KERNEL = search_kernel.local_search is not None and os.environ.get("EXGRA_SOLVER_KERNEL") != "torch"
+_KERNEL_CHOICE = os.environ.get("EXGRA_SOLVER_KERNEL", "numba")
+if _KERNEL_CHOICE not in ("numba", "torch"):
+    warnings.warn(
+        f"EXGRA_SOLVER_KERNEL={_KERNEL_CHOICE!r} is neither 'numba' nor 'torch'; using 'numba'", stacklevel=1
+    )
+USE_KERNEL = search_kernel.local_search is not None and _KERNEL_CHOICE != "torch"
 
 
 def _as_batch(

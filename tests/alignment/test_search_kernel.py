@@ -102,3 +102,11 @@ def test_the_environment_switch_selects_the_torch_search() -> None:
     env = {**os.environ, "EXGRA_SOLVER_KERNEL": "torch"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_an_unknown_switch_value_is_reported_and_the_compiled_search_kept() -> None:
+    code = "from exgra.alignment import solver; print(solver.USE_KERNEL)"
+    env = {**os.environ, "EXGRA_SOLVER_KERNEL": "Torch"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"
+    assert "EXGRA_SOLVER_KERNEL='Torch' is neither 'numba' nor 'torch'" in result.stderr
