@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from exgra.data.templates import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_PLACEHOLDER, IMAGE_START_TOKEN
+from exgra.errors import ExgraError
 from exgra.eval.generate import AnswerGenerator, GeneratedAnswer, GenerationSettings
 from exgra.serve.batching import BatchQueue, PendingRequest, StreamSink
 from exgra.serve.config import ServeConfig
@@ -132,7 +133,11 @@ class ServeEngine:
         try:
             generator = self._loader(self.config)
         except Exception as exc:  # reported by /health and every request; the log has the details
-            logger.exception("loading the model failed")
+            if isinstance(exc, (ExgraError, OSError)):
+                # The user's to fix (a wrong folder, a malformed config.json): one line, no traceback.
+                logger.error("loading the model failed: %s", exc)
+            else:
+                logger.exception("loading the model failed")
             self.load_error = str(exc) or type(exc).__name__
             return
         # The batch thread's tokenizer changes its padding state per call; request threads count prompt

@@ -57,12 +57,15 @@ def test_503_while_loading_then_ready(serve_setup) -> None:
         thread.join(10)
 
 
-def test_failed_load_is_reported(serve_setup) -> None:
+@pytest.mark.parametrize("error", ["user", "bug"])
+def test_failed_load_is_reported(serve_setup, caplog, error: str) -> None:
     from exgra.errors import ExgraError
     from exgra.serve import ServeConfig, create_app
 
     def broken_loader(config: ServeConfig):
-        raise ExgraError("weights are corrupt")
+        if error == "user":
+            raise ExgraError("weights are corrupt")
+        raise RuntimeError("weights are corrupt")
 
     server, thread, url = _run(create_app(ServeConfig(model="tiny"), loader=broken_loader))
     try:
@@ -72,6 +75,12 @@ def test_failed_load_is_reported(serve_setup) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+    # A user's mistake is one log line; an unexpected error keeps its traceback for the bug report.
+    failed = [
+        record for record in caplog.records if record.getMessage().startswith("loading the model failed")
+    ]
+    assert len(failed) == 1
+    assert (failed[0].exc_info is None) == (error == "user")
 
 
 def test_cli_errors(run_exgra, tmp_path, monkeypatch) -> None:
