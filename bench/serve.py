@@ -11,10 +11,16 @@ Two in-process references on the same inputs, measured in the same rounds betwee
 generation alone (one ``generate_prompts`` call of the largest concurrency vs that many calls of one),
 the ceiling of what batching can give whatever the server does; and a bare generate call per request,
 for the latency at concurrency 1. At concurrency 1 every request goes to both servers and to the bare
-call in turn (each of the three following each other one equally often), so a burst of other
-processes' load hits all three alike.
+call in turn (in all six orders of the three, so each takes each place equally often), so a burst of
+other processes' load hits all three alike.
 
-    python bench/serve.py [--requests 64] [--max-tokens 32] [--threads 1] [--rounds 3]
+The p95 at concurrency 1 is the 5 % tail of its latencies, so it is pooled over more requests (``--single-
+requests``, each round): over 64 a round it is the 10th largest of 192, and a few requests delayed by
+other processes' bursts land on one side or the other by chance (the pooled ratio moved 1.02-1.22
+between runs on a shared machine); the last line also counts how many requests of each kind took over
+1.5x the bare median, to show how disturbed a run was.
+
+    python bench/serve.py [--requests 64] [--single-requests 128] [--max-tokens 32] [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import statistics
@@ -76,6 +83,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument(
+        "--single-requests", type=int, default=128, help="requests per round at concurrency 1 (its p95)"
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of the servers and the in-process references"
@@ -94,7 +104,7 @@ def main() -> None:
         model_dir = save_tiny_model(root / "tiny")
         records = load_vqa_records(demo.train)
         bodies = []
-        for index in range(args.requests):
+        for index in range(max(args.requests, args.single_requests)):
             record = records[index % len(records)]
             image = Path(demo.image_folder) / record.image
             content = [
@@ -125,15 +135,13 @@ def main() -> None:
             bare: list[list[float]] = []  # per round
             ceiling: list[tuple[float, float]] = []
             for concurrency in args.concurrency:
-                # All requests at concurrency 1 too: a p95 of a few dozen latencies is their second largest.
-                count = max(concurrency, args.requests)
+                count = args.single_requests if concurrency == 1 else max(concurrency, args.requests)
                 for round_index in range(args.rounds):
                     order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
                     if concurrency == 1:
-                        # Which server goes first swaps every round too: the first-started or first-turn
-                        # one measured ~0.4 ms slower, whether batching or not.
-                        ordered = {mode: urls[mode] for mode in order}
-                        served, round_bare = _interleaved_singles(ordered, generator, bodies[:count])
+                        served, round_bare = _interleaved_singles(
+                            urls, generator, bodies[:count], offset=round_index
+                        )
                         for mode, run in served.items():
                             runs.setdefault((mode, 1), []).append(run)
                         bare.append(round_bare)
@@ -193,12 +201,20 @@ def main() -> None:
     ]
     bare = [latency for round_bare in bare for latency in round_bare]
     bare_p95, bare_p50 = _percentile(bare, 0.95), statistics.median(bare)
+    slow = {
+        kind: sum(latency > 1.5 * bare_p50 for latency in latencies)
+        for kind, latencies in [
+            *((mode, [x for run in runs[mode, 1] for x in run[1]]) for mode in modes),
+            ("bare", bare),
+        ]
+    }
     print(
         f"bare generate (in process, same inputs, interleaved with the served requests): p50 "
         f"{1000 * bare_p50:.1f} ms, p95 {1000 * bare_p95:.1f} ms; served p95 at concurrency 1 / bare p95 = "
         f"{p95['on'] / bare_p95:.3f} (batching off: {p95['off'] / bare_p95:.3f}); p50: "
         f"{p50['on'] / bare_p50:.3f} ({p50['off'] / bare_p50:.3f}); p95 ratio per round "
-        f"{min(round_ratios):.3f}-{max(round_ratios):.3f}"
+        f"{min(round_ratios):.3f}-{max(round_ratios):.3f}; {len(bare)} requests each, over 1.5x the bare "
+        f"median: on {slow['on']}, off {slow['off']}, bare {slow['bare']}"
     )
 
 
@@ -234,21 +250,23 @@ def _generation_ceiling(generator: object, bodies: list[dict]) -> tuple[float, f
 
 
 def _interleaved_singles(
-    urls: dict[str, str], generator: object, bodies: list[dict]
+    urls: dict[str, str], generator: object, bodies: list[dict], offset: int = 0
 ) -> tuple[dict[str, tuple[float, list[float], list[str]]], list[float]]:
     """Concurrency 1: each request sent to every server and answered by a bare generate call in turn, so
-    a burst of load from other processes hits all three alike. The two orders alternate so that each
-    of the three follows each of the other two equally often (what ran just before changes a latency
-    by up to ~1 %: which CPU is awake, what is in its caches).
+    a burst of load from other processes hits all three alike. The turns go through all six orders of
+    the three, request by request (starting at ``offset``), so each takes each place and follows each
+    of the others equally often: which place a turn has changes its latency (the turn that comes first
+    measured ~0.4 ms slower at p50 and longer in the tail, whether a server batches or not, and with
+    fixed places the bare call, never first, had the advantage).
 
     Returns each server's (seconds, latencies, answers) and the bare calls' latencies."""
     latencies: dict[str, list[float]] = {mode: [] for mode in urls}
     answers: dict[str, list[str]] = {mode: [] for mode in urls}
     bare: list[float] = []
     _bare_latencies(generator, bodies[:1])  # warm after the previous level
-    first, second, third = [*urls, "bare"]
+    orders = list(itertools.permutations([*urls, "bare"]))
     for index, body in enumerate(bodies):
-        for turn in (first, second, third) if index % 2 == 0 else (first, third, second):
+        for turn in orders[(index + offset) % len(orders)]:
             if turn == "bare":
                 bare += _bare_latencies(generator, [body], warm_up=False)
                 continue

@@ -140,6 +140,7 @@ class BatchQueue:
         self._serial = 0  # numbers the batches
         self._replying = 0  # requests of the latest batch whose answers are still on their way out
         self._generating = False
+        self._collecting = False  # the worker waits in _collect (the only wait that replies end)
         self.batch_sizes: deque[int] = deque(maxlen=10000)  # recent batch sizes, shown by /health
         self._thread = threading.Thread(target=self._run, name="exgra-batcher", daemon=True)
         self._thread.start()
@@ -169,7 +170,10 @@ class BatchQueue:
         with self._condition:
             if request.batch_serial == self._serial and self._replying > 0:
                 self._replying -= 1
-                self._condition.notify()
+                if self._collecting:
+                    # Only a collecting worker waits for replies; waking an idle one would make it
+                    # compete for the GIL and a CPU with the event loop sending this very answer.
+                    self._condition.notify()
 
     def submit(self, request: PendingRequest, announced: bool = False) -> bool:
         """Queue ``request``; ``False`` when the queue is full (the caller answers 503)."""
@@ -197,7 +201,11 @@ class BatchQueue:
             if self._stopped:
                 return []
             if self.max_batch_size > 1 and (self._last_batch_size > 1 or self._announced > 0):
-                self._collect()
+                self._collecting = True
+                try:
+                    self._collect()
+                finally:
+                    self._collecting = False
             head = self._waiting.popleft()
             batch, kept = [head], deque()
             while self._waiting and len(batch) < self.max_batch_size:

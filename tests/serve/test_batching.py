@@ -6,6 +6,7 @@ import threading
 import time
 
 from exgra.eval.generate import GeneratedAnswer, GenerationSettings
+from exgra.serve import batching
 from exgra.serve.batching import BatchQueue, PendingRequest
 from exgra.serve.config import ServeConfig, torch_threads
 
@@ -143,6 +144,44 @@ def test_a_lone_request_on_an_idle_queue_starts_at_once() -> None:
             queue.submit(_request(f"q{index}", answers, done, index + 1))
             assert done.wait(10), "a lone request waited for a collection window"
         assert generator.batches == [["q0"], ["q1"], ["q2"]]
+    finally:
+        queue.close()
+
+
+class _CountingCondition(threading.Condition):
+    """A condition that counts the times a waiter woke up."""
+
+    wakeups = 0
+
+    def wait(self, timeout=None):
+        woke = super().wait(timeout)
+        type(self).wakeups += 1
+        return woke
+
+
+def test_a_reply_does_not_wake_a_worker_that_only_waits_for_requests(monkeypatch) -> None:
+    # Waking it would make it compete for the GIL and a CPU with the event loop sending that reply.
+    monkeypatch.setattr(_CountingCondition, "wakeups", 0)
+    monkeypatch.setattr(batching.threading, "Condition", _CountingCondition)
+    generator = RecordingGenerator()
+    generator.release.set()
+    queue = BatchQueue(generator, max_batch_size=32, window_s=0.01)
+    try:
+        answers: dict[str, GeneratedAnswer] = {}
+        done = threading.Event()
+        request = _replying_request("a", answers, done, 1)
+        queue.submit(request)
+        assert done.wait(10)
+        while queue._generating:  # the worker is back, waiting for the next request
+            time.sleep(0.01)
+        time.sleep(0.05)
+        before = _CountingCondition.wakeups
+        queue.replied(request)
+        time.sleep(0.2)
+        assert _CountingCondition.wakeups == before
+        done = threading.Event()
+        queue.submit(_request("b", answers, done, 2))  # and it still serves the next one
+        assert done.wait(10)
     finally:
         queue.close()
 
