@@ -137,7 +137,6 @@ def main() -> None:
             for concurrency in args.concurrency:
                 count = args.single_requests if concurrency == 1 else max(concurrency, args.requests)
                 for round_index in range(args.rounds):
-                    order = list(modes) if round_index % 2 == 0 else list(modes)[::-1]
                     if concurrency == 1:
                         served, round_bare = _interleaved_singles(
                             urls, generator, bodies[:count], offset=round_index
@@ -146,7 +145,8 @@ def main() -> None:
                             runs.setdefault((mode, 1), []).append(run)
                         bare.append(round_bare)
                     else:
-                        for mode in order:
+                        # On and off alternate which goes first, round by round.
+                        for mode in list(modes) if round_index % 2 == 0 else list(modes)[::-1]:
                             url = f"{urls[mode]}/v1/chat/completions"
                             runs.setdefault((mode, concurrency), []).append(
                                 _load(url, bodies[:count], concurrency)

@@ -52,6 +52,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "stop_trigger_ids",
+    "vision_inputs",
 ]
 
 # New tokens a generate call's key/value cache has room for at first (it grows by chunks after that).
@@ -193,6 +194,14 @@ def stop_trigger_ids(tokenizer: Any, stop_strings: Sequence[str]) -> torch.Tenso
     texts = tokenizer.batch_decode([[token_id] for token_id in ids], skip_special_tokens=True)
     hits = [token_id for token_id, text in zip(ids, texts, strict=True) if any(c in text for c in finals)]
     return torch.tensor(hits, dtype=torch.long)
+
+
+def vision_inputs(pixel_values: Any) -> dict[str, Any] | None:
+    """What :meth:`AnswerGenerator.preprocess` returned (a LLaVA ``[I, 3, S, S]`` tensor or a family's
+    vision dict) as the dict a family's ``prompt_text`` / ``generation_inputs`` read; ``None`` stays."""
+    if pixel_values is None or isinstance(pixel_values, dict):
+        return pixel_values
+    return {"pixel_values": pixel_values}
 
 
 @dataclass(frozen=True)
@@ -390,7 +399,7 @@ class AnswerGenerator:
     def generate(self, questions: Sequence[str], pixel_values: Any) -> list[GeneratedAnswer]:
         """Answer ``questions`` (one image each) in one batched call; ``pixel_values`` is what
         :meth:`preprocess` returned (``[B, 3, S, S]`` for LLaVA, the family's vision dict otherwise)."""
-        vision = pixel_values if isinstance(pixel_values, dict) else {"pixel_values": pixel_values}
+        vision = vision_inputs(pixel_values)
         images = (
             len(vision["image_grid_thw"]) if "image_grid_thw" in vision else vision["pixel_values"].shape[0]
         )
@@ -425,10 +434,7 @@ class AnswerGenerator:
         prefix = None
         if self.template is None:
             # A chat-template family expands each image placeholder of its prompts itself (0, 1 or more).
-            vision = pixel_values
-            if vision is not None and not isinstance(vision, dict):
-                vision = {"pixel_values": vision}
-            model_inputs = self.family.generation_inputs(self.bundle, prompts, vision)
+            model_inputs = self.family.generation_inputs(self.bundle, prompts, vision_inputs(pixel_values))
         else:
             if rows is None:
                 rows = self.token_rows(prompts)

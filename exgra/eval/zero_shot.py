@@ -217,7 +217,9 @@ def _family_option_log_likelihoods(
     """:func:`option_log_likelihoods` for chat-template families: one left-padded row per option, with
     the question's image selected by the family; an option's tokens are the last tokens of its row."""
     family, bundle, tokenizer = generator.family, generator.bundle, generator.tokenizer
-    vision = vision if isinstance(vision, dict) else {"pixel_values": vision}
+    from exgra.eval.generate import vision_inputs
+
+    vision = vision_inputs(vision)
     texts, counts, owners = [], [], []
     for index, (question, choices) in enumerate(zip(questions, options, strict=True)):
         context = generator.build_prompt(question)

@@ -17,7 +17,7 @@ from typing import Any
 
 from exgra.data.templates import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_PLACEHOLDER, IMAGE_START_TOKEN
 from exgra.errors import ExgraError
-from exgra.eval.generate import AnswerGenerator, GeneratedAnswer, GenerationSettings
+from exgra.eval.generate import AnswerGenerator, GeneratedAnswer, GenerationSettings, vision_inputs
 from exgra.serve.batching import BatchQueue, PendingRequest, StreamSink
 from exgra.serve.config import ServeConfig
 from exgra.serve.errors import APIError
@@ -252,12 +252,7 @@ class ServeEngine:
                 return generator.token_rows([prompt], tokenizer=self._counting_tokenizer)[0]
             # A chat-template family: its image placeholders expanded (one per image feature), its
             # prompt already holding its special tokens.
-            vision = (
-                pixel_values
-                if isinstance(pixel_values, dict) or pixel_values is None
-                else {"pixel_values": pixel_values}
-            )
-            text = generator.family.prompt_text(generator.bundle, prompt, vision)
+            text = generator.family.prompt_text(generator.bundle, prompt, vision_inputs(pixel_values))
             return self._counting_tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def announce(self) -> bool:
