@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3, help="runs of each level per mode (median shown)")
     args = parser.parse_args()
+    for name in ("requests", "single_requests", "max_tokens", "threads", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     torch.set_num_threads(args.threads)
 
     from exgra.data.records import load_vqa_records, vqa_question
